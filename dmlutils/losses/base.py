@@ -1,0 +1,172 @@
+"""Shared machinery of every loss: input checks, similarity, masks, stable sums, reduction.
+
+Everything a loss needs that is not the loss's own formula lives here, once:
+
+* `check_inputs` turns bad input into a `ValueError` that says what to fix;
+* `cosine_similarity_matrix` is the S of the paper (rows L2-normalised, S = E E^T);
+* `label_masks` gives the positive mask (same label, diagonal excluded) and the
+  negative mask (different label);
+* `log1p_sum_exp` is log(1 + sum_k exp(x_k)) over a mask, computed with logsumexp
+  so that beta = 200 and S near 1 stay finite, and `softmax_with_one` is its
+  derivative (the shape of every MS / binomial / lifted weight);
+* `masked_mean` is the reduction "average over the valid items, 0 if none";
+* `differentiable_zero` is the loss of a batch with nothing to learn from: exactly 0,
+  attached to the graph so `loss.backward()` works and gives zero gradients.
+
+`SimilarityLoss` is the base class of the eight losses that are functions of S:
+`forward(embeddings, labels)` checks, normalises, builds S and calls
+`from_similarity(S, labels)`; subclasses also give the closed-form
+`pair_weights(S, labels)` = -dL/dS that `dmlutils.gpw` checks against autograd.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "check_inputs",
+    "check_similarity",
+    "cosine_similarity_matrix",
+    "label_masks",
+    "euclidean_from_similarity",
+    "log1p_sum_exp",
+    "softmax_with_one",
+    "masked_mean",
+    "differentiable_zero",
+    "SimilarityLoss",
+]
+
+
+def _check_labels(labels: Tensor, batch_size: int, what: str, device: torch.device) -> None:
+    if not isinstance(labels, Tensor):
+        raise ValueError(
+            f"labels must be a torch.Tensor of integer class ids, got {type(labels).__name__}; "
+            "wrap them with torch.as_tensor(labels)."
+        )
+    if labels.dim() != 1:
+        raise ValueError(
+            f"labels must be 1-D (one class id per row of {what}), got shape {tuple(labels.shape)}; "
+            "flatten them with labels.view(-1)."
+        )
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(
+            f"labels must be an integer tensor, got dtype {labels.dtype}; use labels.long()."
+        )
+    if labels.shape[0] != batch_size:
+        raise ValueError(
+            f"{what} has {batch_size} rows but labels has {labels.shape[0]} entries; "
+            "pass one label per row."
+        )
+    if labels.device != device:
+        raise ValueError(
+            f"{what} is on {device} but labels are on {labels.device}; "
+            f"move them with labels.to({what}.device)."
+        )
+
+
+def check_inputs(embeddings: Tensor, labels: Tensor) -> None:
+    """Raise a `ValueError` naming the problem (and the fix) for a bad (embeddings, labels)."""
+    if not isinstance(embeddings, Tensor):
+        raise ValueError(
+            f"embeddings must be a torch.Tensor of shape (batch, dim), got {type(embeddings).__name__}."
+        )
+    if embeddings.dim() != 2:
+        raise ValueError(
+            f"embeddings must be 2-D (batch, dim), got shape {tuple(embeddings.shape)}; "
+            "flatten the features with x.flatten(1) before the loss."
+        )
+    if not embeddings.dtype.is_floating_point:
+        raise ValueError(
+            f"embeddings must be floating point, got dtype {embeddings.dtype}; use embeddings.float()."
+        )
+    _check_labels(labels, embeddings.shape[0], "embeddings", embeddings.device)
+
+
+def check_similarity(S: Tensor, labels: Tensor) -> None:
+    """Checks for `from_similarity`: a square floating matrix with one label per row."""
+    if not isinstance(S, Tensor) or S.dim() != 2 or S.shape[0] != S.shape[1]:
+        shape = tuple(S.shape) if isinstance(S, Tensor) else type(S).__name__
+        raise ValueError(
+            f"S must be a square (batch, batch) similarity matrix, got {shape}; "
+            "build it with dmlutils.losses.cosine_similarity_matrix(embeddings)."
+        )
+    if not S.dtype.is_floating_point:
+        raise ValueError(f"S must be floating point, got dtype {S.dtype}.")
+    _check_labels(labels, S.shape[0], "S", S.device)
+
+
+def cosine_similarity_matrix(embeddings: Tensor) -> Tensor:
+    """S_ij = <e_i, e_j> / (|e_i| |e_j|): the paper's similarity of L2-normalised embeddings."""
+    normalised = F.normalize(embeddings, p=2, dim=1)
+    return normalised @ normalised.T
+
+
+def label_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(positive, negative) boolean masks of the batch.
+
+    positive[i, j]: same label and i != j (an anchor is not its own positive);
+    negative[i, j]: different labels.
+    """
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    return same & ~eye, ~same
+
+
+def euclidean_from_similarity(S: Tensor, eps: float = 1e-12) -> Tensor:
+    """|e_i - e_j| for unit vectors, sqrt(2 - 2 S), clamped so the gradient stays finite at S = 1."""
+    return (2.0 - 2.0 * S).clamp_min(eps).sqrt()
+
+
+def _with_zero_column(x: Tensor, mask: Tensor) -> Tensor:
+    # The "1 +" of log(1 + sum e^x) is an extra logit 0; masked-out entries become -inf.
+    # With the 0 column present a row is never all -inf, so logsumexp and its gradient
+    # stay finite even for a row with nothing in the mask.
+    masked = x.masked_fill(~mask, float("-inf"))
+    return torch.cat([torch.zeros_like(x[:, :1]), masked], dim=1)
+
+
+def log1p_sum_exp(x: Tensor, mask: Tensor) -> Tensor:
+    """Row-wise log(1 + sum_{j: mask[i, j]} exp(x[i, j])), stable for large x (0 for empty rows)."""
+    return torch.logsumexp(_with_zero_column(x, mask), dim=1)
+
+
+def softmax_with_one(x: Tensor, mask: Tensor) -> Tensor:
+    """exp(x_ij) / (1 + sum_{k in mask_i} exp(x_ik)) on the mask, 0 elsewhere: d log1p_sum_exp / dx."""
+    return torch.softmax(_with_zero_column(x, mask), dim=1)[:, 1:]
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of `values` over `mask` (0 when the mask is empty, still attached to the graph)."""
+    count = mask.sum()
+    total = torch.where(mask, values, torch.zeros_like(values)).sum()
+    return total / count.clamp_min(1)
+
+
+def differentiable_zero(like: Tensor) -> Tensor:
+    """A scalar 0 that is part of the graph of `like`: backward gives zero gradients, never NaN."""
+    return (like * 0.0).sum()
+
+
+class SimilarityLoss(nn.Module):
+    """A loss L(S) of the batch cosine-similarity matrix S (the GPW view of the MS paper).
+
+    Subclasses implement `from_similarity(S, labels)` and `pair_weights(S, labels)`,
+    the closed-form W = -dL/dS (positive pairs get W >= 0: raising their similarity
+    lowers the loss; negative pairs W <= 0). The paper's pair weight is |W_ij|.
+    """
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        check_inputs(embeddings, labels)
+        return self.from_similarity(cosine_similarity_matrix(embeddings), labels)
+
+    def from_similarity(self, S: Tensor, labels: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def pair_weights(self, S: Tensor, labels: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        from .registry import hparams_of
+
+        return ", ".join(f"{k}={v!r}" for k, v in hparams_of(self).items())

@@ -1,0 +1,116 @@
+"""Multi-Similarity loss (Wang et al., CVPR 2019): MS mining (epsilon) + MS weighting (alpha, beta, lam).
+
+Per anchor i, with P_i / N_i its positives / negatives,
+
+    mining     keep negative j if S_ij + eps > min_{k in P_i} S_ik,
+               keep positive j if S_ij - eps < max_{k in N_i} S_ik;
+    loss_i  =  1/alpha log(1 + sum_{kept P_i} exp(-alpha (S_ik - lam)))
+             + 1/beta  log(1 + sum_{kept N_i} exp( beta (S_ik - lam))),
+    L       =  sum_i loss_i / batch size,
+
+where an anchor with no kept positive or no kept negative contributes 0 — the
+semantics of the official per-anchor loop (`dmlutils.losses.reference`), computed
+here for all anchors at once with masked logsumexp (finite at beta = 200, S near 1).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import SimilarityLoss, check_similarity, label_masks, log1p_sum_exp, softmax_with_one
+from .registry import register
+
+# The official code drops "positives" with S >= 1 - 1e-5: they are taken to be the anchor
+# itself (or an exact duplicate), which carries no signal. Kept for equality with it.
+SELF_SIMILARITY_TOLERANCE = 1e-5
+
+
+def multi_similarity_mining(
+    S: Tensor,
+    labels: Tensor,
+    epsilon: float,
+    mine_positives: bool = True,
+    mine_negatives: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Masks (kept positives, kept negatives) of MS mining; rows of anchors that keep
+    no positive or no negative are all False (the anchor is skipped)."""
+    positive, negative = label_masks(labels)
+    S = S.detach()  # mining is a selection: no gradient flows through the thresholds
+    positive = positive & (S < 1 - SELF_SIMILARITY_TOLERANCE)
+    hardest_positive = S.masked_fill(~positive, float("inf")).amin(dim=1, keepdim=True)
+    hardest_negative = S.masked_fill(~negative, float("-inf")).amax(dim=1, keepdim=True)
+    kept_negative = negative & (S + epsilon > hardest_positive) if mine_negatives else negative
+    kept_positive = positive & (S - epsilon < hardest_negative) if mine_positives else positive
+    # Without mining an anchor still needs both a positive and a negative (else the
+    # comparisons above are against +-inf and keep nothing).
+    kept_negative = kept_negative & positive.any(dim=1, keepdim=True)
+    kept_positive = kept_positive & negative.any(dim=1, keepdim=True)
+    active = kept_positive.any(dim=1, keepdim=True) & kept_negative.any(dim=1, keepdim=True)
+    return kept_positive & active, kept_negative & active
+
+
+@register("multi_similarity")
+class MultiSimilarityLoss(SimilarityLoss):
+    """MS loss with the official code's defaults (alpha 2, beta 40, lam 0.5, epsilon 0.1).
+
+    `mine_positives` / `mine_negatives` switch MS mining of each side off (all pairs kept);
+    `weighting=False` removes the relative similarities: each kept pair is weighted by its
+    self-similarity alone (binomial deviance on the mined pairs,
+    1/alpha softplus(-alpha (S - lam)) + 1/beta softplus(beta (S - lam))), so the ablations
+    can separate mining from weighting.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 2.0,
+        beta: float = 40.0,
+        lam: float = 0.5,
+        epsilon: float = 0.1,
+        mine_positives: bool = True,
+        mine_negatives: bool = True,
+        weighting: bool = True,
+    ):
+        super().__init__()
+        if alpha <= 0 or beta <= 0:
+            raise ValueError(f"alpha and beta must be positive, got alpha={alpha}, beta={beta}")
+        self.alpha, self.beta, self.lam, self.epsilon = alpha, beta, lam, epsilon
+        self.mine_positives, self.mine_negatives, self.weighting = mine_positives, mine_negatives, weighting
+
+    def mined_pairs(self, S: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        return multi_similarity_mining(S, labels, self.epsilon, self.mine_positives, self.mine_negatives)
+
+    def _logits(self, S: Tensor) -> tuple[Tensor, Tensor]:
+        return -self.alpha * (S - self.lam), self.beta * (S - self.lam)
+
+    def from_similarity(self, S: Tensor, labels: Tensor) -> Tensor:
+        check_similarity(S, labels)
+        kept_positive, kept_negative = self.mined_pairs(S, labels)
+        positive_logits, negative_logits = self._logits(S)
+        if self.weighting:
+            positive_term = log1p_sum_exp(positive_logits, kept_positive)
+            negative_term = log1p_sum_exp(negative_logits, kept_negative)
+        else:
+            zero = torch.zeros_like(S)
+            positive_term = torch.where(kept_positive, F.softplus(positive_logits), zero).sum(dim=1)
+            negative_term = torch.where(kept_negative, F.softplus(negative_logits), zero).sum(dim=1)
+        per_anchor = positive_term / self.alpha + negative_term / self.beta
+        return per_anchor.sum() / S.shape[0]
+
+    def pair_weights(self, S: Tensor, labels: Tensor) -> Tensor:
+        """W = -dL/dS: the paper's w+ on kept positives, -w- on kept negatives, over batch size.
+
+        w+_ij = 1 / (exp(-alpha (lam - S_ij)) + sum_{k in P_i} exp(-alpha (S_ik - S_ij)))
+              = exp(-alpha (S_ij - lam)) / (1 + sum_{k in P_i} exp(-alpha (S_ik - lam)))
+        and w- likewise with beta and the kept negatives — a softmax with an extra logit 0.
+        """
+        check_similarity(S, labels)
+        kept_positive, kept_negative = self.mined_pairs(S, labels)
+        positive_logits, negative_logits = self._logits(S)
+        if self.weighting:
+            w_positive = softmax_with_one(positive_logits, kept_positive)
+            w_negative = softmax_with_one(negative_logits, kept_negative)
+        else:
+            w_positive = torch.sigmoid(positive_logits) * kept_positive
+            w_negative = torch.sigmoid(negative_logits) * kept_negative
+        return (w_positive - w_negative) / S.shape[0]
