@@ -1,0 +1,25 @@
+"""Batches for the loss tests: P x K and unbalanced, clustered Gaussian embeddings."""
+import torch
+
+
+def pk_batch(p: int, k: int, dim: int = 16, seed: int = 0, dtype=torch.float64, spread: float = 1.0):
+    """A P x K batch: P classes, K samples each, embeddings = class centre + noise.
+
+    `spread` scales the noise: small -> tight clusters (many anchors with nothing mined),
+    large -> overlapping classes (everything mined).
+    """
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(p, dim, generator=g, dtype=dtype)
+    labels = torch.arange(p).repeat_interleave(k)
+    embeddings = centres[labels] + spread * torch.randn(p * k, dim, generator=g, dtype=dtype)
+    return embeddings, labels
+
+
+def unbalanced_batch(sizes, dim: int = 16, seed: int = 0, dtype=torch.float64, spread: float = 1.0):
+    """Classes of the given sizes (singletons allowed), shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(sizes)])
+    labels = labels[torch.randperm(len(labels), generator=g)]
+    centres = torch.randn(len(sizes), dim, generator=g, dtype=dtype)
+    embeddings = centres[labels] + spread * torch.randn(len(labels), dim, generator=g, dtype=dtype)
+    return embeddings, labels

@@ -1,0 +1,183 @@
+"""MultiSimilarityLoss against the official per-anchor loop, PML, and the paper's weight formulas."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from batches import pk_batch, unbalanced_batch
+from pytorch_metric_learning.losses import MultiSimilarityLoss as PMLMultiSimilarityLoss
+from pytorch_metric_learning.miners import MultiSimilarityMiner
+from pytorch_metric_learning.reducers import MeanReducer
+
+from dmlutils.gpw import autograd_pair_weights
+from dmlutils.losses import MultiSimilarityLoss, cosine_similarity_matrix, label_masks
+from dmlutils.losses.reference import multi_similarity_loop
+
+HPARAMS = [
+    dict(alpha=2.0, beta=40.0, lam=0.5, epsilon=0.1),  # official code
+    dict(alpha=2.0, beta=50.0, lam=1.0, epsilon=0.1),  # PML's reading of the paper
+    dict(alpha=17.97, beta=75.66, lam=0.77, epsilon=0.39),  # Musgrave et al.'s tuned values
+]
+
+
+def value_and_grad(fn, embeddings, labels):
+    e = embeddings.detach().clone().requires_grad_(True)
+    value = fn(e, labels)
+    (grad,) = torch.autograd.grad(value, e)
+    return value.detach(), grad
+
+
+BATCHES = [
+    pytest.param(lambda: pk_batch(8, 4, seed=1), id="pk8x4"),
+    pytest.param(lambda: pk_batch(16, 5, dim=32, seed=2), id="pk16x5"),
+    pytest.param(lambda: pk_batch(6, 5, seed=3, spread=0.6), id="tight-clusters"),
+    pytest.param(lambda: unbalanced_batch([1, 2, 5, 3, 1, 7, 4], seed=4), id="unbalanced"),
+]
+
+
+@pytest.mark.parametrize("make_batch", BATCHES)
+@pytest.mark.parametrize("hp", HPARAMS)
+def test_value_and_gradient_equal_official_loop(make_batch, hp):
+    embeddings, labels = make_batch()
+    ours = value_and_grad(MultiSimilarityLoss(**hp), embeddings, labels)
+    loop = value_and_grad(lambda e, y: multi_similarity_loop(e, y, **hp), embeddings, labels)
+    torch.testing.assert_close(ours[0], loop[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours[1], loop[1], rtol=1e-10, atol=1e-12)
+
+
+def test_some_anchors_are_skipped_in_the_tight_batch():
+    # The loop comparison above is only meaningful if mining really removes anchors.
+    embeddings, labels = pk_batch(6, 5, seed=3, spread=0.6)
+    S = cosine_similarity_matrix(embeddings)
+    kept_positive, kept_negative = MultiSimilarityLoss().mined_pairs(S, labels)
+    active = kept_positive.any(1)
+    assert 0 < int(active.sum()) < len(labels)
+    assert torch.equal(active, kept_negative.any(1))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_equals_pml_loss_with_miner_when_every_anchor_mines_both_sides(seed):
+    # PML: MultiSimilarityLoss(alpha, beta, base=lam) on the pairs of MultiSimilarityMiner(epsilon),
+    # CosineSimilarity, MeanReducer over the batch's elements = our sum over anchors / batch size.
+    # PML keeps an anchor's positive term even when none of its negatives is mined (the official
+    # code skips such an anchor), so the two agree when every anchor mines both sides — asserted.
+    embeddings, labels = pk_batch(16, 5, dim=32, seed=seed, spread=2.0)
+    hp = dict(alpha=2.0, beta=40.0, lam=0.5, epsilon=0.1)
+    S = cosine_similarity_matrix(embeddings)
+    kept_positive, kept_negative = MultiSimilarityLoss(**hp).mined_pairs(S, labels)
+    assert bool(kept_positive.any(1).all() and kept_negative.any(1).all())
+    pml_loss = PMLMultiSimilarityLoss(alpha=hp["alpha"], beta=hp["beta"], base=hp["lam"], reducer=MeanReducer())
+    miner = MultiSimilarityMiner(epsilon=hp["epsilon"])
+    ours = value_and_grad(MultiSimilarityLoss(**hp), embeddings, labels)
+    pml = value_and_grad(lambda e, y: pml_loss(e, y, miner(e, y)), embeddings, labels)
+    torch.testing.assert_close(ours[0], pml[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours[1], pml[1], rtol=1e-5, atol=1e-5)
+
+
+def test_without_mining_equals_pml_loss_without_miner():
+    embeddings, labels = pk_batch(8, 4, seed=5)
+    ours = MultiSimilarityLoss(alpha=2, beta=50, lam=0.5, mine_positives=False, mine_negatives=False)
+    pml = PMLMultiSimilarityLoss(alpha=2, beta=50, base=0.5, reducer=MeanReducer())
+    torch.testing.assert_close(ours(embeddings, labels), pml(embeddings, labels), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("hp", HPARAMS)
+def test_pair_weights_are_the_papers_w_plus_and_w_minus(hp):
+    """w-_ij = 1 / (e^{beta(lam - S_ij)} + sum_{k in N_i} e^{beta(S_ik - S_ij)}), w+ likewise."""
+    embeddings, labels = pk_batch(6, 4, seed=7, spread=1.5)
+    loss = MultiSimilarityLoss(**hp)
+    S = cosine_similarity_matrix(embeddings)
+    kept_positive, kept_negative = loss.mined_pairs(S, labels)
+    W = loss.pair_weights(S, labels) * len(labels)  # undo the 1/m of the batch mean
+    a, b, lam = hp["alpha"], hp["beta"], hp["lam"]
+    checked = 0
+    for i in range(len(labels)):
+        P = [k for k in range(len(labels)) if kept_positive[i, k]]
+        N = [k for k in range(len(labels)) if kept_negative[i, k]]
+        for j in range(len(labels)):
+            s = float(S[i, j])
+            if j in P:
+                w = 1 / (math.exp(-a * (lam - s)) + sum(math.exp(-a * (float(S[i, k]) - s)) for k in P))
+                assert float(W[i, j]) == pytest.approx(w, rel=1e-10)
+            elif j in N:
+                w = 1 / (math.exp(b * (lam - s)) + sum(math.exp(b * (float(S[i, k]) - s)) for k in N))
+                assert float(W[i, j]) == pytest.approx(-w, rel=1e-10)
+            else:
+                assert float(W[i, j]) == 0.0
+            checked += j in P or j in N
+    assert checked > 0
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [
+        dict(),
+        dict(mine_positives=False),
+        dict(mine_negatives=False),
+        dict(mine_positives=False, mine_negatives=False),
+        dict(weighting=False),
+        dict(weighting=False, mine_positives=False, mine_negatives=False),
+    ],
+)
+def test_pair_weights_equal_autograd_for_every_ablation(switches):
+    embeddings, labels = pk_batch(8, 4, seed=8, spread=1.5)
+    loss = MultiSimilarityLoss(**switches)
+    S = cosine_similarity_matrix(embeddings)
+    torch.testing.assert_close(loss.pair_weights(S, labels), autograd_pair_weights(loss, S, labels), rtol=0, atol=1e-12)
+
+
+def test_no_mining_keeps_every_pair_like_an_infinite_margin():
+    embeddings, labels = pk_batch(8, 4, seed=9, spread=0.5)
+    no_mining = MultiSimilarityLoss(mine_positives=False, mine_negatives=False)
+    torch.testing.assert_close(
+        no_mining(embeddings, labels), multi_similarity_loop(embeddings, labels, epsilon=1e9), rtol=1e-12, atol=0
+    )
+    S = cosine_similarity_matrix(embeddings)
+    kept_positive, kept_negative = no_mining.mined_pairs(S, labels)
+    positive, negative = label_masks(labels)
+    assert torch.equal(kept_positive, positive) and torch.equal(kept_negative, negative)
+
+
+def test_without_weighting_each_pair_gets_its_binomial_deviance_term():
+    embeddings, labels = pk_batch(5, 4, seed=10, spread=1.5)
+    loss = MultiSimilarityLoss(weighting=False)
+    S = cosine_similarity_matrix(embeddings)
+    kept_positive, kept_negative = loss.mined_pairs(S, labels)
+    expected = 0.0
+    for i, j in kept_positive.nonzero().tolist():
+        expected += math.log1p(math.exp(-2.0 * (float(S[i, j]) - 0.5))) / 2.0
+    for i, j in kept_negative.nonzero().tolist():
+        expected += math.log1p(math.exp(40.0 * (float(S[i, j]) - 0.5))) / 40.0
+    assert float(loss(embeddings, labels)) == pytest.approx(expected / len(labels), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_stable_at_beta_200_with_similarities_near_one(dtype):
+    # All embeddings near one direction: every S is within ~1e-2 of 1, so beta (S - lam) ~ 200
+    # exp overflows float32 (e^100 > 3.4e38 is false, but e^{200*0.5}... sums of them are near the edge;
+    # with beta=200 and lam=0 the naive exp(200) overflows): the loss and gradient must stay finite.
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(1, 64, generator=g, dtype=dtype)
+    embeddings = base + 0.05 * torch.randn(40, 64, generator=g, dtype=dtype)
+    labels = torch.arange(10).repeat_interleave(4)
+    loss = MultiSimilarityLoss(alpha=2.0, beta=200.0, lam=0.0, epsilon=0.1)
+    value, grad = value_and_grad(loss, embeddings, labels)
+    assert torch.isfinite(value) and value > 0
+    assert torch.isfinite(grad).all()
+    naive = value_and_grad(lambda e, y: multi_similarity_loop(e, y, alpha=2.0, beta=200.0, lam=0.0), embeddings.float(), labels)
+    assert not torch.isfinite(naive[0])  # the official formula overflows in float32 here
+    if dtype == torch.float64:  # where the naive loop is still finite, we agree with it
+        reference = value_and_grad(lambda e, y: multi_similarity_loop(e, y, alpha=2.0, beta=200.0, lam=0.0), embeddings, labels)
+        torch.testing.assert_close(value, reference[0], rtol=1e-10, atol=0)
+
+
+def test_exact_duplicates_are_not_positives_as_in_the_official_code():
+    # S >= 1 - 1e-5 is taken to be the anchor itself; an exact duplicate is dropped, like the loop does.
+    embeddings, labels = pk_batch(4, 3, seed=12)
+    embeddings[1] = embeddings[0]
+    torch.testing.assert_close(MultiSimilarityLoss()(embeddings, labels), multi_similarity_loop(embeddings, labels))
+
+
+def test_hyperparameter_validation():
+    with pytest.raises(ValueError, match="alpha and beta must be positive"):
+        MultiSimilarityLoss(alpha=0.0)
