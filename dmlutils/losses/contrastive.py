@@ -1,0 +1,80 @@
+"""Contrastive loss (Hadsell, Chopra, LeCun, CVPR 2006), in the similarity form of the MS paper.
+
+Hadsell et al. pull positive pairs together and push negative pairs apart until their
+distance exceeds a margin. The MS paper (Wang et al., CVPR 2019, Section 3) re-states it on
+the cosine similarity S of L2-normalised embeddings:
+
+    L = sum_{positive pairs} (1 - S_ij) + sum_{negative pairs} [S_ij - lam]_+ .
+
+We give the positive side a margin too and average each side over its own pairs:
+
+    L = mean_{(i, j): j in P_i} [pos_margin - S_ij]_+  +  mean_{(i, j): j in N_i} [S_ij - neg_margin]_+
+
+over ordered pairs ((i, j) and (j, i) both counted, diagonal excluded); a side with no
+pairs contributes 0. With `pos_margin = 1` (the default) the positive term is exactly the
+paper's (1 - S_ij), since S_ij <= 1; `neg_margin` is the paper's lam.
+
+Deviation from the paper: a mean per side instead of one sum over all pairs. A P x K batch
+has far more negative than positive pairs (75 : 4 per anchor at 16 x 5); the sum would let
+the negatives drown the positives and make the loss scale with the batch size. This is the
+reduction of pytorch-metric-learning's `ContrastiveLoss` with a `MeanReducer`, which our
+tests use as the oracle.
+
+GPW view: W = -dL/dS is +1/(number of positive pairs) on every positive pair with
+S_ij < pos_margin, -1/(number of negative pairs) on every negative pair with
+S_ij > neg_margin, 0 elsewhere — constant weights, switched on and off by the margins.
+"""
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import SimilarityLoss, check_similarity, label_masks, masked_mean
+from .registry import register
+
+
+@register("contrastive")
+class ContrastiveLoss(SimilarityLoss):
+    """Margin-based contrastive loss on cosine similarities (mean over positive pairs
+    + mean over negative pairs)."""
+
+    def __init__(self, pos_margin: float = 1.0, neg_margin: float = 0.5):
+        super().__init__()
+        for name, value in (("pos_margin", pos_margin), ("neg_margin", neg_margin)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}.")
+            # Outside [-1, 1] the hinge on a cosine similarity is always on or always off.
+            if not -1.0 <= value <= 1.0:
+                raise ValueError(
+                    f"{name} must lie in [-1, 1] (the range of a cosine similarity), got {value}."
+                )
+        if neg_margin >= pos_margin:
+            raise ValueError(
+                f"neg_margin ({neg_margin}) must be below pos_margin ({pos_margin}): positives are "
+                "pulled above pos_margin and negatives pushed below neg_margin."
+            )
+        self.pos_margin = float(pos_margin)
+        self.neg_margin = float(neg_margin)
+
+    def from_similarity(self, S: Tensor, labels: Tensor) -> Tensor:
+        check_similarity(S, labels)
+        positive, negative = label_masks(labels)
+        positive_term = masked_mean(F.relu(self.pos_margin - S), positive)
+        negative_term = masked_mean(F.relu(S - self.neg_margin), negative)
+        return positive_term + negative_term
+
+    def pair_weights(self, S: Tensor, labels: Tensor) -> Tensor:
+        """W = -dL/dS: 1/n_pos on violating positives, -1/n_neg on violating negatives.
+
+        "Violating" is strict (S_ij < pos_margin, S_ij > neg_margin): at the hinge's kink
+        the loss uses the zero sub-gradient, as autograd's relu does.
+        """
+        check_similarity(S, labels)
+        positive, negative = label_masks(labels)
+        pulled = (positive & (S < self.pos_margin)).to(S.dtype)
+        pushed = (negative & (S > self.neg_margin)).to(S.dtype)
+        n_positive = positive.sum().clamp_min(1).to(S.dtype)
+        n_negative = negative.sum().clamp_min(1).to(S.dtype)
+        return pulled / n_positive - pushed / n_negative
