@@ -1,0 +1,140 @@
+"""QuadrupletLoss against a direct 4-nested loop over the paper's quadruplets, and autograd.
+
+pytorch-metric-learning has no quadruplet loss, so the oracle is the paper's definition
+enumerated index by index (float64).
+"""
+import pytest
+import torch
+from batches import pk_batch, unbalanced_batch
+
+from dmlutils.gpw import autograd_pair_weights
+from dmlutils.losses.base import cosine_similarity_matrix
+from dmlutils.losses.quadruplet import QuadrupletLoss
+from dmlutils.losses.triplet import TripletLoss
+
+BATCHES = [
+    pytest.param(lambda: pk_batch(4, 3, seed=1), id="pk4x3"),
+    pytest.param(lambda: pk_batch(3, 4, dim=8, seed=2), id="pk3x4"),
+    pytest.param(lambda: pk_batch(5, 2, seed=3, spread=1.5), id="pk5x2"),
+    pytest.param(lambda: unbalanced_batch([1, 3, 4, 1, 2, 1], seed=4), id="unbalanced-with-singletons"),
+]
+MARGINS = [dict(margin=0.1, margin_second=0.05), dict(margin=0.3, margin_second=0.2), dict(margin=0.0, margin_second=0.0)]
+
+
+def value_and_grad(fn, embeddings, labels):
+    e = embeddings.detach().clone().requires_grad_(True)
+    value = fn(e, labels)
+    (grad,) = torch.autograd.grad(value, e)
+    return value.detach(), grad
+
+
+def quadruplet_loop(embeddings, labels, margin, margin_second):
+    """The paper's two sums, enumerated with nested loops, averaged: a differentiable oracle."""
+    S = cosine_similarity_matrix(embeddings)
+    y = labels.tolist()
+    B = len(y)
+    triplet_terms, quadruplet_terms = [], []
+    for i in range(B):
+        for j in range(B):
+            if j == i or y[j] != y[i]:
+                continue
+            for k in range(B):
+                if y[k] != y[i]:
+                    triplet_terms.append(torch.relu(S[i, k] - S[i, j] + margin))
+            for l in range(B):  # noqa: E741 - the paper's name
+                for k in range(B):
+                    if y[l] != y[i] and y[k] != y[i] and y[k] != y[l]:
+                        quadruplet_terms.append(torch.relu(S[l, k] - S[i, j] + margin_second))
+    mean = lambda xs: torch.stack(xs).mean() if xs else (S * 0).sum()  # noqa: E731
+    return mean(triplet_terms) + mean(quadruplet_terms), len(triplet_terms), len(quadruplet_terms)
+
+
+@pytest.mark.parametrize("make_batch", BATCHES)
+@pytest.mark.parametrize("margins", MARGINS)
+def test_value_and_gradient_equal_nested_loop(make_batch, margins):
+    embeddings, labels = make_batch()
+    ours = value_and_grad(QuadrupletLoss(**margins), embeddings, labels)
+    loop = value_and_grad(lambda e, y: quadruplet_loop(e, y, **margins)[0], embeddings, labels)
+    assert ours[0] > 0
+    torch.testing.assert_close(ours[0], loop[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours[1], loop[1], rtol=1e-10, atol=1e-12)
+
+
+def test_second_term_is_active_and_counted_over_ordered_negative_pairs():
+    # 4 classes x 3: per positive pair (i, j) the (l, k) have 9 choices for l and 6 for k -> 54.
+    embeddings, labels = pk_batch(4, 3, seed=1)
+    _, n_triplets, n_quadruplets = quadruplet_loop(embeddings, labels, 0.1, 0.05)
+    assert n_triplets == 12 * 2 * 9
+    assert n_quadruplets == 12 * 2 * 9 * 6
+    with_second = QuadrupletLoss(0.1, 0.05)(embeddings, labels)
+    triplet_only = TripletLoss(0.1)(embeddings, labels)
+    assert with_second > triplet_only  # the second term contributes on this batch
+
+
+def test_float32_is_close_to_float64():
+    embeddings, labels = pk_batch(4, 3, seed=5)
+    v64, g64 = value_and_grad(QuadrupletLoss(), embeddings, labels)
+    v32, g32 = value_and_grad(QuadrupletLoss(), embeddings.float(), labels)
+    assert v32.dtype == torch.float32
+    torch.testing.assert_close(v32.double(), v64, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g32.double(), g64, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("make_batch", BATCHES + [pytest.param(lambda: pk_batch(16, 5, dim=32, seed=6), id="pk16x5")])
+@pytest.mark.parametrize("margins", MARGINS[:2])
+def test_pair_weights_equal_autograd(make_batch, margins):
+    embeddings, labels = make_batch()
+    loss = QuadrupletLoss(**margins)
+    S = cosine_similarity_matrix(embeddings)
+    W = loss.pair_weights(S, labels)
+    torch.testing.assert_close(W, autograd_pair_weights(loss, S, labels), rtol=0, atol=1e-10)
+    same = labels[:, None] == labels[None, :]
+    assert (W[same] >= 0).all() and (W[~same] <= 0).all()
+    assert (W != 0).any()
+
+
+def test_two_class_batch_has_no_quadruplets_and_equals_the_triplet_loss():
+    embeddings, labels = pk_batch(2, 5, seed=7)
+    _, _, n_quadruplets = quadruplet_loop(embeddings, labels, 0.1, 0.05)
+    assert n_quadruplets == 0
+    ours = value_and_grad(QuadrupletLoss(0.1, 0.05), embeddings, labels)
+    triplet = value_and_grad(TripletLoss(0.1), embeddings, labels)
+    assert ours[0] > 0
+    torch.testing.assert_close(ours[0], triplet[0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(ours[1], triplet[1], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [pytest.param(torch.zeros(6, dtype=torch.long), id="single-class"), pytest.param(torch.arange(6), id="all-distinct")],
+)
+def test_batch_without_positive_pairs_or_negatives_is_a_differentiable_zero(labels):
+    embeddings = torch.randn(6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    value, grad = value_and_grad(QuadrupletLoss(), embeddings, labels)
+    assert float(value) == 0.0
+    assert torch.equal(grad, torch.zeros_like(grad))
+    S = cosine_similarity_matrix(embeddings)
+    assert torch.equal(QuadrupletLoss().pair_weights(S, labels), torch.zeros_like(S))
+
+
+def test_batch_satisfying_every_constraint_has_zero_loss_and_zero_gradient():
+    # Orthogonal class axes: positives S ~ 1, every negative pair S ~ 0, margins 0.5 and 0.3 met.
+    g = torch.Generator().manual_seed(9)
+    labels = torch.arange(4).repeat_interleave(3)
+    embeddings = torch.eye(8, dtype=torch.float64)[labels] + 0.01 * torch.randn(12, 8, generator=g, dtype=torch.float64)
+    value, grad = value_and_grad(QuadrupletLoss(0.5, 0.3), embeddings, labels)
+    assert float(value) == 0.0
+    assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(margin=-0.1), "margin must be >= 0"),
+        (dict(margin_second=-0.05), "margin_second must be >= 0"),
+        (dict(margin_second=float("nan")), "margin_second must be a finite number"),
+    ],
+)
+def test_bad_hyperparameters_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        QuadrupletLoss(**kwargs)
