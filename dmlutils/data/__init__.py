@@ -1,0 +1,70 @@
+"""Data sets for deep metric learning, torchvision-style, with class-disjoint splits.
+
+``CUB200``, ``Cars196``, ``StanfordOnlineProducts`` and ``InShop`` read the official
+archives' layouts; ``SyntheticDataset`` generates tiny images for tests and the smoke
+profile. Every data set exposes ``labels`` (0-based, no image decoding needed -- feed it
+to :class:`dmlutils.samplers.PKSampler`) and ``classes``; the real ones also ``paths``.
+
+The data root is the ``root`` argument, else ``$DML_DATA``, else ``./data``
+(:func:`resolve_data_root`).
+"""
+
+from .base import (
+    DATA_ROOT_ENV,
+    CorruptImageError,
+    DatasetNotFoundError,
+    ImageListDataset,
+    load_rgb,
+    resolve_data_root,
+)
+from .cars import Cars196
+from .cub import CUB200
+from .download import ChecksumError, DownloadError, download_and_extract, download_file, extract_archive, md5sum
+from .inshop import InShop
+from .sop import StanfordOnlineProducts
+from .synthetic import SyntheticDataset
+from .transforms import TRANSFORM_SPECS, denormalize, get_transforms, transform_names
+
+DATASETS = {
+    "cub200": CUB200,
+    "cars196": Cars196,
+    "sop": StanfordOnlineProducts,
+    "inshop": InShop,
+    "synthetic": SyntheticDataset,
+}
+
+
+def get_dataset(name: str, **kwargs):
+    """Build a data set by name (``cub200``, ``cars196``, ``sop``, ``inshop``, ``synthetic``)."""
+    try:
+        cls = DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(sorted(DATASETS))}.") from None
+    return cls(**kwargs)
+
+
+__all__ = [
+    "DATASETS",
+    "DATA_ROOT_ENV",
+    "CUB200",
+    "Cars196",
+    "ChecksumError",
+    "CorruptImageError",
+    "DatasetNotFoundError",
+    "DownloadError",
+    "ImageListDataset",
+    "InShop",
+    "StanfordOnlineProducts",
+    "SyntheticDataset",
+    "TRANSFORM_SPECS",
+    "denormalize",
+    "download_and_extract",
+    "download_file",
+    "extract_archive",
+    "get_dataset",
+    "get_transforms",
+    "load_rgb",
+    "md5sum",
+    "resolve_data_root",
+    "transform_names",
+]
