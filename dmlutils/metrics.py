@@ -235,13 +235,19 @@ def _top_neighbours(similarity: Tensor, num_neighbours: int) -> Tensor:
             "similarities overflowed to infinity (normalize=False with very large "
             "embeddings); rescale the embeddings or use normalize=True."
         )
-    # Order the kept set by (similarity desc, index asc): sort by index, then a stable
-    # sort by value keeps index order among equal values.
-    indices, by_index = torch.sort(indices, dim=1)
-    values = values.gather(1, by_index)
-    values, by_value = torch.sort(values, dim=1, descending=True, stable=True)
-    indices = indices.gather(1, by_value)
+    # topk's order is right except among equal values. Rows with a tie inside the kept
+    # set (rare) get it ordered by (similarity desc, index asc): sort by index, then a
+    # stable sort by value keeps index order among equal values.
+    tied = (values[:, 1:num_neighbours] == values[:, : num_neighbours - 1]).any(dim=1)
+    if tied.any():
+        rows = tied.nonzero().squeeze(1)
+        row_indices, by_index = torch.sort(indices[rows], dim=1)
+        row_values = values[rows].gather(1, by_index)
+        _, by_value = torch.sort(row_values, dim=1, descending=True, stable=True)
+        indices[rows] = row_indices.gather(1, by_value)
     if search > num_neighbours:
+        # A tie across the cut-off: topk may have kept any of the tied columns, so
+        # re-rank the whole row with a stable sort.
         ambiguous = values[:, num_neighbours - 1] == values[:, num_neighbours]
         if ambiguous.any():
             rows = ambiguous.nonzero().squeeze(1)
