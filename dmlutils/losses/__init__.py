@@ -11,7 +11,13 @@ from .base import (
     masked_mean,
     softmax_with_one,
 )
+from .binomial_deviance import BinomialDevianceLoss
+from .contrastive import ContrastiveLoss
+from .lifted_structure import LiftedStructureLoss
 from .multi_similarity import MultiSimilarityLoss, multi_similarity_mining
+from .npair import NPairLoss
+from .quadruplet import QuadrupletLoss
+from .triplet import TripletLoss
 from .registry import LOSSES, get_loss, hparams_of, loss_hparam_names, register
 
 __all__ = [
@@ -21,7 +27,13 @@ __all__ = [
     "loss_hparam_names",
     "register",
     "SimilarityLoss",
+    "BinomialDevianceLoss",
+    "ContrastiveLoss",
+    "LiftedStructureLoss",
     "MultiSimilarityLoss",
+    "NPairLoss",
+    "QuadrupletLoss",
+    "TripletLoss",
     "multi_similarity_mining",
     "check_inputs",
     "cosine_similarity_matrix",

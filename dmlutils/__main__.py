@@ -1,0 +1,76 @@
+"""Command line: `python -m dmlutils train|baseline|profiles ...`.
+
+    python -m dmlutils train --profile cpu --loss multi_similarity --set loss.beta=50 --set iterations=300
+    python -m dmlutils train --profile cpu --loss multi_similarity --resume
+    python -m dmlutils baseline --profile cpu
+    python -m dmlutils profiles
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .profiles import PROFILES, make_config, parse_set_arguments
+
+
+def _record_path(args, name: str) -> Path:
+    if args.record:
+        return Path(args.record)
+    return Path(args.results) / args.profile / f"{name}.json"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dmlutils", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--profile", default="cpu", help=f"one of {', '.join(PROFILES)}")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile setting, or loss.<hparam>")
+        p.add_argument("--root", default=None, help="data root (default: $DML_DATA, else ./data)")
+        p.add_argument("--results", default="results", help="folder of run records (default: results/)")
+        p.add_argument("--record", default=None, help="write the run record here instead of results/<profile>/<name>.json")
+        p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+    train_parser = commands.add_parser("train", help="train one loss and write its run record")
+    common(train_parser)
+    train_parser.add_argument("--loss", default="multi_similarity")
+    train_parser.add_argument("--name", default=None, help="record name (default: the loss name)")
+    train_parser.add_argument("--run-dir", default=None, help="checkpoint folder (default: runs/<profile>/<name>)")
+    train_parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    train_parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    baseline_parser = commands.add_parser("baseline", help="evaluate the pretrained backbone's pooled features")
+    common(baseline_parser)
+
+    commands.add_parser("profiles", help="print the profiles and their settings")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "profiles":
+            print(json.dumps(PROFILES, indent=2, default=list))
+            return 0
+        from . import engine
+
+        if args.command == "train":
+            config = make_config(args.profile, args.loss, parse_set_arguments(args.set))
+            name = args.name or args.loss
+            run_dir = args.run_dir or Path("runs") / args.profile / name
+            record_path = _record_path(args, name)
+            record = engine.train(config, run_dir, resume=args.resume, root=args.root, record_path=record_path, progress=not args.quiet, device=args.device)
+        else:
+            config = make_config(args.profile, "multi_similarity", parse_set_arguments(args.set))
+            record_path = _record_path(args, "baseline")
+            record = engine.baseline(config, root=args.root, record_path=record_path, device=args.device)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    final = record.get("final", {})
+    summary = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k != "iteration")
+    print(f"wrote {record_path}: {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,453 @@
+"""Training and evaluation: one loop for every profile, checkpoints, run records.
+
+    record = train(make_config("cpu", "multi_similarity"), run_dir="runs/cpu/multi_similarity")
+
+A run trains for `iterations` P x K batches and evaluates on the test classes at
+iteration 0 and every `eval_every` iterations (the paper's protocol: Recall@K on the
+class-disjoint test split), writing an atomic checkpoint at each evaluation;
+`resume=True` continues from the last one and ends where an uninterrupted run ends
+(every random draw is seeded from (seed, iteration), not from the history).
+
+Two ways to feed the model, one loop:
+* images (smoke, paper): a DataLoader over the images with `PKSampler` batches;
+* cached activations (cpu): the frozen first blocks of the backbone are run once over
+  `cache_views` augmented views of every training image (and one test view), the
+  result is cached on disk (`DML_CACHE`, default `./runs/cache`), and training
+  fine-tunes the remaining blocks + head, picking one cached view per image per step.
+
+The run record (JSON, written atomically) holds the profile, loss, hyper-parameters,
+seed, git commit, device, wall time, every evaluation and the final metrics.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import itertools
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from . import __version__
+from .losses import get_loss, hparams_of
+from .metrics import evaluate
+from .samplers import PKSampler
+
+RECORD_VERSION = 1
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- small utilities ---------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call write(file) on a temporary file next to `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write_bytes(path, lambda f: f.write((json.dumps(data, indent=2, default=_jsonable) + "\n").encode()))
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def git_commit() -> dict:
+    """The commit this code runs from (and whether the tree had uncommitted changes)."""
+    def run(*args):
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+
+    try:
+        head = run("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": "unknown", "dirty": None}
+        status = run("status", "--porcelain", "--untracked-files=no")
+        return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": None}
+
+
+def environment() -> dict:
+    return {
+        "dmlutils": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+    }
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A generator that depends only on (seed, step, stream): resumable randomness."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, stream]).generate_state(1)[0]))
+
+
+def pk_batches(sampler: PKSampler, start: int, count: int):
+    """`count` consecutive batches of the sampler's stream, starting at global step `start`."""
+    per_epoch = len(sampler)
+    step, end = start, start + count
+    while step < end:
+        epoch, offset = divmod(step, per_epoch)
+        sampler.set_epoch(epoch)
+        for batch in itertools.islice(iter(sampler), offset, None):
+            yield batch
+            step += 1
+            if step == end:
+                return
+
+
+# --- data and model ----------------------------------------------------------------------
+
+
+def build_datasets(config: dict, root=None):
+    """(train, test) data sets of the profile, with the train / test transforms."""
+    from .data import get_dataset, get_transforms
+
+    if config["data"] == "synthetic":  # generated tensors in [0, 1]: no decoding, no augmentation
+        common = dict(seed=config["seed"], image_size=config["image_size"])
+        return get_dataset("synthetic", split="train", **common), get_dataset("synthetic", split="test", **common)
+    sizes = dict(resize=config["resize_size"], crop=config["image_size"])
+    train = get_dataset(config["data"], root=root, split="train", transform=get_transforms(config["transform"], train=True, **sizes))
+    test = get_dataset(config["data"], root=root, split="test", transform=get_transforms(config["transform"], train=False, **sizes))
+    return train, test
+
+
+def build_model(config: dict) -> nn.Module:
+    from .models import EmbeddingModel, get_backbone
+
+    backbone = get_backbone(config["backbone"], pretrained=config["pretrained"])
+    return EmbeddingModel(
+        backbone,
+        embedding_dim=config["embedding_dim"],
+        pooling=config["pooling"],
+        freeze_bn=config["freeze_bn"],
+    )
+
+
+def build_loss(config: dict, num_classes: int, embedding_dim: int) -> nn.Module:
+    hparams = dict(config["loss_hparams"])
+    if config["loss"] == "triplet_center":  # its centres need their number and size
+        hparams.setdefault("num_classes", num_classes)
+        hparams.setdefault("embedding_dim", embedding_dim)
+    return get_loss(config["loss"], **hparams)
+
+
+# --- the activation cache of the cpu profile -------------------------------------------------
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DML_CACHE", REPO_ROOT / "runs" / "cache"))
+
+
+def _cache_key(config: dict, train, test) -> str:
+    identity = {
+        k: config[k]
+        for k in ("data", "backbone", "pretrained", "image_size", "resize_size", "transform", "cache_views", "cache_from_block", "seed")
+    }
+    identity["train"] = [len(train), str(getattr(train, "root", ""))]
+    identity["test"] = [len(test), str(getattr(test, "root", ""))]
+    identity["version"] = 1
+    return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def _prefix_activations(prefix, dataset, block: int, batch_size: int, num_workers: int, seed: int, desc: str):
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    torch.manual_seed(seed)  # the augmentations draw from torch's RNG when num_workers == 0
+    chunks = []
+    for images, _ in tqdm(loader, desc=desc, leave=False):
+        images = images.contiguous(memory_format=torch.channels_last)
+        chunks.append(prefix(images).to(torch.float16).contiguous())
+    return torch.cat(chunks)
+
+
+def activation_cache(config: dict, model: nn.Module, train_aug, test, progress: bool = True) -> dict:
+    """Activations entering block `cache_from_block` for `cache_views` augmented views of
+    every training image and the plain view of every test image (float16), cached on disk."""
+    block, views = config["cache_from_block"], config["cache_views"]
+    path = cache_dir() / f"activations-{_cache_key(config, train_aug, test)}.pt"
+    if path.exists():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    backbone = model.backbone
+    if not callable(getattr(backbone, "forward_until_block", None)):
+        raise ValueError(f"backbone {config['backbone']!r} cannot be split at a block; set cache_views=0")
+    # BatchNorm folded into the frozen convolutions: same function, faster (DESIGN.md).
+    frozen = backbone.fold_batchnorm() if hasattr(backbone, "fold_batchnorm") else backbone
+    frozen = frozen.eval().to(memory_format=torch.channels_last)
+
+    def prefix(x):
+        return frozen.forward_until_block(x, block)
+
+    started = time.perf_counter()
+    train_views = [
+        _prefix_activations(prefix, train_aug, block, 32, config["num_workers"], config["seed"] * 1000 + v, f"cache: train view {v + 1}/{views}")
+        for v in range(views)
+    ]
+    cache = {
+        "train": torch.stack(train_views, dim=1),  # (N, V, C, H, W)
+        "test": _prefix_activations(prefix, test, block, 32, config["num_workers"], config["seed"], "cache: test"),
+        "train_labels": torch.as_tensor(np.asarray(train_aug.labels)),
+        "test_labels": torch.as_tensor(np.asarray(test.labels)),
+        "seconds": time.perf_counter() - started,
+    }
+    atomic_write_bytes(path, lambda f: torch.save(cache, f))
+    return cache
+
+
+# --- evaluation --------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def embed(model: nn.Module, source, config: dict, device, cached_block: int | None = None, progress=False) -> torch.Tensor:
+    """Embeddings of a data set of images, or of a tensor of cached activations."""
+    model.eval()
+    out = []
+    bs = config["eval_batch_size"]
+    if isinstance(source, torch.Tensor):
+        for start in range(0, len(source), bs):
+            x = source[start : start + bs].to(device, torch.float32)
+            out.append(model.forward_from_block(x, cached_block).float().cpu())
+    else:
+        loader = DataLoader(source, batch_size=bs, shuffle=False, num_workers=config["num_workers"])
+        for images, _ in tqdm(loader, desc="embed", leave=False, disable=not progress):
+            out.append(model(images.to(device)).float().cpu())
+    return torch.cat(out)
+
+
+def test_metrics(embeddings: torch.Tensor, labels, ks) -> dict:
+    """Recall@K, precision@1, R-precision and MAP@R of the test set against itself."""
+    metrics = evaluate(embeddings, labels, ks=tuple(ks), include_nmi=False, progress=False)
+    return {k: float(v) for k, v in metrics.items()}
+
+
+# --- training ----------------------------------------------------------------------------
+
+
+class _Feeder:
+    """Turns a list of sample indices (a P x K batch) at a given step into a model input."""
+
+    def __init__(self, config, train, cache, device):
+        self.config, self.train, self.cache, self.device = config, train, cache, device
+
+    def batches(self, sampler, start, count):
+        if self.cache is not None:
+            views = self.cache["train"].shape[1]
+            for step, indices in enumerate(pk_batches(sampler, start, count), start):
+                idx = torch.as_tensor(indices)
+                view = torch.randint(views, (len(idx),), generator=step_generator(self.config["seed"], step, 1))
+                x = self.cache["train"][idx, view].to(self.device, torch.float32)
+                yield x, self.cache["train_labels"][idx].to(self.device)
+            return
+        # Images: a fresh loader per segment whose worker seeds depend on (seed, start) only.
+        batches = list(pk_batches(sampler, start, count))
+        torch.manual_seed(int(step_generator(self.config["seed"], start, 2).initial_seed()) % 2**63)
+        loader = DataLoader(
+            self.train,
+            batch_sampler=batches,
+            num_workers=self.config["num_workers"],
+            generator=step_generator(self.config["seed"], start, 3),
+            persistent_workers=False,
+        )
+        for images, labels in loader:
+            yield images.to(self.device), torch.as_tensor(labels).to(self.device)
+
+
+def _trainable_parameters(model, config):
+    block = config["cache_from_block"] if config["cache_views"] else None
+    backbone_params, head_params = [], list(model.head.parameters())
+    for name, p in model.backbone.named_parameters():
+        if block is not None and not (name.startswith(f"_blocks.") and int(name.split(".")[1]) >= block) and not name.startswith(("_conv_head", "_bn1")):
+            p.requires_grad_(False)  # frozen: computed once into the cache
+        if name.startswith("_fc."):
+            p.requires_grad_(False)  # the ImageNet classifier is not part of the embedding
+        if p.requires_grad:
+            backbone_params.append(p)
+    return backbone_params, head_params
+
+
+def train(
+    config: dict,
+    run_dir,
+    resume: bool = False,
+    root=None,
+    record_path=None,
+    stop_after: int | None = None,
+    progress: bool = True,
+    device=None,
+) -> dict:
+    """Train one run; returns its record (also written to `record_path` when given).
+
+    `stop_after=n` stops after the evaluation at iteration n (a checkpoint exists there):
+    used by the resume test to simulate an interrupted run.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    device = torch.device(device) if device is not None else default_device()
+    torch.manual_seed(config["seed"])
+
+    train_set, test_set = build_datasets(config, root)
+    model = build_model(config).to(device)
+    labels_array = np.asarray(train_set.labels)
+    loss_fn = build_loss(config, int(labels_array.max()) + 1, model.embedding_dim).to(device)
+
+    cache = None
+    if config["cache_views"]:
+        cache = activation_cache(config, model, train_set, test_set, progress)
+    backbone_params, head_params = _trainable_parameters(model, config)
+    groups = [
+        {"params": backbone_params, "lr": config["lr"]},
+        {"params": head_params + list(loss_fn.parameters()), "lr": config["head_lr"]},
+    ]
+    optimizer = torch.optim.Adam([g for g in groups if g["params"]], weight_decay=config["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config["lr_milestones"]), gamma=config["lr_gamma"])
+    sampler = PKSampler(labels_array, p=config["p"], k=config["k"], seed=config["seed"])
+    feeder = _Feeder(config, train_set, cache, device)
+
+    record = {
+        "record_version": RECORD_VERSION,
+        "kind": "train",
+        "profile": config["profile"],
+        "loss": config["loss"],
+        "loss_hparams": hparams_of(loss_fn),
+        "seed": config["seed"],
+        "config": config,
+        "git": git_commit(),
+        "device": str(device),
+        "environment": environment(),
+        "data": {"train_images": len(train_set), "test_images": len(test_set), "root": str(getattr(train_set, "root", ""))},
+        "cache_seconds": None if cache is None else cache.get("seconds"),
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_seconds": 0.0,
+        "evaluations": [],
+    }
+    step = 0
+    if resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        loss_fn.load_state_dict(state["loss"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        record, step = state["record"], state["step"]
+        record["resumed_at"] = record.get("resumed_at", []) + [step]
+
+    test_source = cache["test"] if cache is not None else test_set
+    test_labels = np.asarray(test_set.labels)
+    cached_block = config["cache_from_block"] if cache is not None else None
+
+    def evaluate_and_checkpoint(step: int, train_loss: float | None, segment_seconds: float) -> None:
+        t0 = time.perf_counter()
+        embeddings = embed(model, test_source, config, device, cached_block)
+        metrics = test_metrics(embeddings, test_labels, config["eval_ks"])
+        record["wall_time_seconds"] += segment_seconds + (time.perf_counter() - t0)
+        record["evaluations"].append({"iteration": step, "train_loss": train_loss, "metrics": metrics})
+        state = {
+            "model": model.state_dict(),
+            "loss": loss_fn.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "record": record,
+            "step": step,
+        }
+        atomic_write_bytes(checkpoint_path, lambda f: torch.save(state, f))
+
+    if step == 0 and not record["evaluations"]:
+        evaluate_and_checkpoint(0, None, 0.0)
+    bar = tqdm(total=config["iterations"], initial=step, desc=f"{config['loss']}", disable=not progress)
+    while step < config["iterations"]:
+        if stop_after is not None and step >= stop_after:
+            break
+        segment = min(config["eval_every"] - step % config["eval_every"], config["iterations"] - step)
+        t0, losses = time.perf_counter(), []
+        model.train()
+        for x, y in feeder.batches(sampler, step, segment):
+            embeddings = model.forward_from_block(x, cached_block) if cache is not None else model(x)
+            loss = loss_fn(embeddings, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            step += 1
+            bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        evaluate_and_checkpoint(step, float(np.mean(losses)), time.perf_counter() - t0)
+    bar.close()
+
+    if step >= config["iterations"]:
+        record["final"] = {"iteration": step, **record["evaluations"][-1]["metrics"]}
+        best = max(record["evaluations"], key=lambda e: e["metrics"]["recall@1"])
+        record["best_on_test"] = {"iteration": best["iteration"], **best["metrics"]}
+        record["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        if record_path is not None:
+            write_json(Path(record_path), record)
+    return record
+
+
+def baseline(config: dict, root=None, record_path=None, device=None) -> dict:
+    """The pretrained backbone's globally pooled features, no metric learning: the floor."""
+    device = torch.device(device) if device is not None else default_device()
+    _, test_set = build_datasets(config, root)
+    from .models import EmbeddingModel, get_backbone
+
+    model = EmbeddingModel(get_backbone(config["backbone"], pretrained=config["pretrained"]), embedding_dim=None, pooling=config["pooling"], freeze_bn=True).to(device)
+    t0 = time.perf_counter()
+    embeddings = embed(model, test_set, config, device, progress=True)
+    metrics = test_metrics(embeddings, np.asarray(test_set.labels), config["eval_ks"])
+    record = {
+        "record_version": RECORD_VERSION,
+        "kind": "baseline",
+        "profile": config["profile"],
+        "loss": None,
+        "description": f"{config['backbone']} ImageNet features, global {config['pooling']} pooling, no training",
+        "seed": config["seed"],
+        "config": config,
+        "git": git_commit(),
+        "device": str(device),
+        "environment": environment(),
+        "data": {"test_images": len(test_set), "root": str(getattr(test_set, "root", ""))},
+        "wall_time_seconds": time.perf_counter() - t0,
+        "evaluations": [{"iteration": 0, "train_loss": None, "metrics": metrics}],
+        "final": {"iteration": 0, **metrics},
+    }
+    if record_path is not None:
+        write_json(Path(record_path), record)
+    return record

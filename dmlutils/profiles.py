@@ -1,0 +1,182 @@
+"""Named run profiles: one training code path at three sizes (smoke / cpu / paper).
+
+A profile is a flat dict of settings; `make_config(profile, loss, overrides)` copies it,
+applies `--set key=value` overrides (checked against the profile's keys, values parsed
+to the default's type) and loss hyper-parameters (`loss.beta=50`, checked against the
+loss's constructor). Unknown profiles, keys or hyper-parameters raise a ValueError
+that lists the valid ones.
+
+* smoke — synthetic images, a tiny CNN trained end to end: CI and the book's smoke run.
+* cpu   — CUB-200-2011 (the 160-px copy), EfficientNet-Lite0 with ImageNet weights.
+          The first blocks are frozen and their output (the activations entering
+          block `cache_from_block`) is computed once for `cache_views` augmented views
+          of every training image and cached; training fine-tunes the remaining blocks
+          and the embedding head on those cached activations, picking one view per image
+          per step. BatchNorm frozen throughout (statistics of ImageNet).
+* paper — the paper's setting (BN-Inception, 227-px crops of 256-px images, batch
+          80 = 16 x 5, Adam 3e-5 with weight decay 5e-4, 3,000 iterations, lr x 0.1 at
+          1,200 and 2,400, global max pooling, frozen BN). For a GPU or Colab.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+
+from .losses.registry import loss_hparam_names
+
+PROFILES: dict[str, dict] = {
+    "smoke": dict(
+        data="synthetic",
+        backbone="tiny_cnn",
+        pretrained=False,
+        image_size=32,
+        resize_size=32,
+        transform=None,
+        embedding_dim=64,
+        pooling="avg",
+        freeze_bn=False,
+        p=8,
+        k=4,
+        iterations=60,
+        eval_every=20,
+        optimizer="adam",
+        lr=1e-3,
+        head_lr=1e-3,
+        weight_decay=0.0,
+        lr_milestones=(),
+        lr_gamma=0.1,
+        cache_views=0,
+        cache_from_block=0,
+        num_workers=0,
+        eval_batch_size=256,
+        eval_ks=(1, 2, 4, 8),
+        seed=0,
+    ),
+    "cpu": dict(
+        data="cub200",
+        backbone="efficientnet_lite0",
+        pretrained=True,
+        image_size=144,
+        resize_size=160,
+        transform="efficientnet_lite0",
+        embedding_dim=512,
+        pooling="avg",
+        freeze_bn=True,
+        p=16,
+        k=5,
+        iterations=400,
+        eval_every=50,
+        optimizer="adam",
+        lr=1e-4,
+        head_lr=1e-4,
+        weight_decay=5e-4,
+        lr_milestones=(),
+        lr_gamma=0.1,
+        cache_views=5,
+        cache_from_block=11,
+        num_workers=0,
+        eval_batch_size=128,
+        eval_ks=(1, 2, 4, 8, 16, 32),
+        seed=0,
+    ),
+    "paper": dict(
+        data="cub200",
+        backbone="bn_inception",
+        pretrained=True,
+        image_size=227,
+        resize_size=256,
+        transform="bninception",
+        embedding_dim=512,
+        pooling="max",
+        freeze_bn=True,
+        p=16,
+        k=5,
+        iterations=3000,
+        eval_every=200,
+        optimizer="adam",
+        lr=3e-5,
+        head_lr=3e-5,
+        weight_decay=5e-4,
+        lr_milestones=(1200, 2400),
+        lr_gamma=0.1,
+        cache_views=0,
+        cache_from_block=0,
+        num_workers=4,
+        eval_batch_size=128,
+        eval_ks=(1, 2, 4, 8, 16, 32),
+        seed=0,
+    ),
+}
+
+LOSS_PREFIX = "loss."
+
+
+def _parse_like(text: str, default, key: str):
+    """Parse a --set value to the type of the profile's default."""
+    if not isinstance(text, str):
+        return text
+    if isinstance(default, bool):
+        lowered = text.lower()
+        if lowered in {"true", "1", "yes"}:
+            return True
+        if lowered in {"false", "0", "no"}:
+            return False
+        raise ValueError(f"{key} expects true or false, got {text!r}")
+    if isinstance(default, tuple):
+        value = ast.literal_eval(text) if text.strip() else ()
+        return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    if isinstance(default, (int, float)):
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"{key} expects a number, got {text!r}") from None
+        return int(number) if isinstance(default, int) and number.is_integer() else number
+    return text
+
+
+def _parse_loss_value(text):
+    if not isinstance(text, str):
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a plain string such as reduction=mean
+
+
+def make_config(profile: str, loss: str = "multi_similarity", overrides: dict | None = None) -> dict:
+    """The settings of one run: the profile's, then `overrides` (`key` or `loss.<hparam>`)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+    config = copy.deepcopy(PROFILES[profile])
+    valid_hparams = loss_hparam_names(loss)  # raises for an unknown loss, listing the valid ones
+    loss_hparams = {}
+    for key, value in (overrides or {}).items():
+        if key.startswith(LOSS_PREFIX):
+            name = key[len(LOSS_PREFIX):]
+            if name not in valid_hparams:
+                raise ValueError(
+                    f"unknown hyper-parameter {name!r} for loss {loss!r}; valid: {', '.join(valid_hparams)}"
+                )
+            loss_hparams[name] = _parse_loss_value(value)
+        elif key in config:
+            config[key] = _parse_like(value, config[key], key)
+        else:
+            raise ValueError(
+                f"unknown setting {key!r} for profile {profile!r}; valid settings: {', '.join(config)}, "
+                f"or {LOSS_PREFIX}<name> for the loss's hyper-parameters ({', '.join(valid_hparams)})"
+            )
+    if config["eval_every"] < 1 or config["iterations"] < 0:
+        raise ValueError("eval_every must be >= 1 and iterations >= 0")
+    config.update(profile=profile, loss=loss, loss_hparams=loss_hparams)
+    return config
+
+
+def parse_set_arguments(pairs: list[str]) -> dict:
+    """['lr=1e-4', 'loss.beta=50'] -> {'lr': '1e-4', 'loss.beta': '50'} (parsed later by type)."""
+    overrides = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        overrides[key.strip()] = value.strip()
+    return overrides

@@ -1,0 +1,106 @@
+"""The training engine on the smoke profile: it learns, records, resumes exactly; bad settings fail clearly."""
+import json
+
+import pytest
+import torch
+
+from dmlutils import engine
+from dmlutils.__main__ import main as cli
+from dmlutils.profiles import PROFILES, make_config, parse_set_arguments
+
+
+def smoke(loss="multi_similarity", **overrides):
+    return make_config("smoke", loss, {"iterations": 20, "eval_every": 10, **overrides})
+
+
+def test_unknown_profile_lists_the_profiles():
+    with pytest.raises(ValueError, match="unknown profile 'gpu'; valid profiles: smoke, cpu, paper"):
+        make_config("gpu")
+
+
+def test_unknown_setting_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown setting 'learning_rate'.*valid settings: .*lr"):
+        make_config("smoke", "multi_similarity", {"learning_rate": "0.1"})
+
+
+def test_unknown_loss_hparam_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown hyper-parameter 'gamma' for loss 'multi_similarity'; valid: alpha"):
+        make_config("smoke", "multi_similarity", {"loss.gamma": "2"})
+
+
+def test_unknown_loss_lists_the_losses():
+    with pytest.raises(ValueError, match="unknown loss 'ms'; valid names: .*multi_similarity"):
+        make_config("smoke", "ms")
+
+
+def test_set_values_are_parsed_to_the_defaults_type():
+    config = make_config(
+        "cpu",
+        "multi_similarity",
+        parse_set_arguments(["lr=3e-5", "iterations=300", "freeze_bn=false", "lr_milestones=(100, 200)", "loss.beta=50"]),
+    )
+    assert config["lr"] == 3e-5 and config["iterations"] == 300 and isinstance(config["iterations"], int)
+    assert config["freeze_bn"] is False and config["lr_milestones"] == (100, 200)
+    assert config["loss_hparams"] == {"beta": 50}
+    with pytest.raises(ValueError, match="iterations expects a number"):
+        make_config("cpu", "multi_similarity", {"iterations": "many"})
+
+
+def test_the_paper_profile_holds_the_papers_settings():
+    paper = PROFILES["paper"]
+    assert (paper["p"], paper["k"], paper["lr"], paper["weight_decay"]) == (16, 5, 3e-5, 5e-4)
+    assert (paper["iterations"], paper["lr_milestones"], paper["eval_every"]) == (3000, (1200, 2400), 200)
+    assert (paper["backbone"], paper["embedding_dim"], paper["pooling"], paper["freeze_bn"]) == ("bn_inception", 512, "max", True)
+
+
+@pytest.fixture(scope="module")
+def smoke_record(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    record = engine.train(smoke(), out / "run", record_path=out / "record.json", progress=False, device="cpu")
+    return record, out
+
+
+def test_smoke_run_learns_and_writes_a_complete_record(smoke_record):
+    record, out = smoke_record
+    on_disk = json.loads((out / "record.json").read_text())
+    assert on_disk["final"] == record["final"]
+    for key in ("profile", "loss", "loss_hparams", "seed", "git", "device", "wall_time_seconds", "evaluations", "final", "config"):
+        assert key in on_disk, key
+    assert on_disk["loss_hparams"]["beta"] == 40.0
+    assert [e["iteration"] for e in on_disk["evaluations"]] == [0, 10, 20]
+    first, last = on_disk["evaluations"][0]["metrics"], on_disk["final"]
+    # synthetic classes are learnable: training must beat the random-init network
+    assert last["recall@1"] > first["recall@1"] + 0.05
+    assert set(last) >= {"recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "precision@1"}
+
+
+def test_resume_reaches_the_same_final_metrics(smoke_record, tmp_path):
+    record, _ = smoke_record
+    interrupted = engine.train(smoke(), tmp_path / "run", stop_after=10, progress=False, device="cpu")
+    assert "final" not in interrupted and interrupted["evaluations"][-1]["iteration"] == 10
+    resumed = engine.train(smoke(), tmp_path / "run", resume=True, progress=False, device="cpu")
+    assert resumed["resumed_at"] == [10]
+    assert resumed["final"] == record["final"]
+    for a, b in zip(resumed["evaluations"], record["evaluations"]):
+        assert a["iteration"] == b["iteration"] and a["metrics"] == b["metrics"]
+        assert a["train_loss"] == b["train_loss"]
+
+
+@pytest.mark.parametrize("loss", ["triplet_center", "npair", "ranked_list"])
+def test_every_kind_of_loss_trains(loss, tmp_path):
+    record = engine.train(
+        make_config("smoke", loss, {"iterations": 4, "eval_every": 2}), tmp_path, progress=False, device="cpu"
+    )
+    assert all(torch.isfinite(torch.tensor(e["train_loss"])) for e in record["evaluations"][1:])
+
+
+def test_cli_reports_bad_settings_without_a_traceback(capsys):
+    assert cli(["train", "--profile", "smoke", "--set", "learning_rate=1"]) == 2
+    assert "unknown setting 'learning_rate'" in capsys.readouterr().err
+
+
+def test_cli_writes_the_record(tmp_path):
+    record = tmp_path / "r.json"
+    args = ["train", "--profile", "smoke", "--loss", "contrastive", "--quiet", "--record", str(record), "--run-dir", str(tmp_path / "run")]
+    assert cli(args + ["--set", "iterations=2", "--set", "eval_every=1"]) == 0
+    assert json.loads(record.read_text())["loss"] == "contrastive"
