@@ -62,6 +62,7 @@ __all__ = [
     "unit_distance",
     "masked_logsumexp",
     "masked_softmax",
+    "check_finite",
     "LiftedStructureLoss",
     "GeneralizedLiftedStructureLoss",
 ]
@@ -111,7 +112,8 @@ def masked_softmax(x: Tensor, mask: Tensor) -> Tensor:
     return torch.softmax(filled, dim=1) * mask
 
 
-def _check_finite(**values: float) -> None:
+def check_finite(**values: float) -> None:
+    """Raise a ValueError naming the first hyper-parameter that is not a finite real number."""
     for name, value in values.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}.")
@@ -123,7 +125,7 @@ class LiftedStructureLoss(SimilarityLoss):
 
     def __init__(self, margin: float = 1.0):
         super().__init__()
-        _check_finite(margin=margin)
+        check_finite(margin=margin)
         if margin < 0:
             raise ValueError(
                 f"margin must be >= 0 (the distance a negative should keep beyond the positive), got {margin}."
@@ -184,7 +186,7 @@ class GeneralizedLiftedStructureLoss(SimilarityLoss):
 
     def __init__(self, pos_margin: float = 0.0, neg_margin: float = 1.0):
         super().__init__()
-        _check_finite(pos_margin=pos_margin, neg_margin=neg_margin)
+        check_finite(pos_margin=pos_margin, neg_margin=neg_margin)
         self.pos_margin, self.neg_margin = pos_margin, neg_margin
 
     def _anchor_terms(self, S: Tensor, labels: Tensor):
