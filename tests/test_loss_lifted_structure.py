@@ -200,8 +200,8 @@ def test_satisfied_batch_gives_zero_with_small_margin():
 
 
 def test_unit_sphere_floor_with_default_margin():
-    # The module docstring's claim: with margin 1 even the ideal batch keeps J > 0:
-    # J = log(2 e^{1 - 2}) ... with |N_i| = |N_j| = 2, J = log 4 - 1 (+ d_pos ~ 1e-6).
+    # The module docstring's claim: with margin 1 even the ideal batch keeps J > 0. Here
+    # |N_i| = |N_j| = 2 negatives at d = 2, so J = log(4 e^{1 - 2}) + d_pos = log 4 - 1 (+ ~1e-6).
     embeddings, labels = antipodal_batch()
     expected = (math.log(4.0) - 1.0) ** 2 / 2
     assert LiftedStructureLoss()(embeddings, labels).item() == pytest.approx(expected, abs=1e-5)
