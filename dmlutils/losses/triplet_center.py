@@ -124,6 +124,9 @@ class TripletCenterLoss(nn.Module):
         _, own_similarity, hardest_other = self._own_and_hardest_other(T, labels)
         return F.relu(hardest_other - own_similarity + self.margin).mean()
 
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, margin={self.margin}"
+
     @torch.no_grad()
     def center_weights(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         """W = -dL/dT (B x num_classes), in closed form.
