@@ -56,8 +56,8 @@ class SyntheticDataset(Dataset):
         num_classes: int = 20,
         images_per_class: int = 20,
         image_size: int = 32,
-        noise_std: float = 0.2,
-        max_shift: int = 3,
+        noise_std: float = 0.4,
+        max_shift: int = 8,
         seed: int = 0,
         transform: Callable | None = None,
     ) -> None:
