@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-# Tests must not depend on how many threads a machine offers (and 2 cores is CI's size).
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: the tests' tensors are tiny, and with two OpenMP threads on a loaded 2-core
+# machine every small op pays for thread hand-offs (measured: 100x slower per call).
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -17,7 +17,9 @@ from .lifted_structure import LiftedStructureLoss
 from .multi_similarity import MultiSimilarityLoss, multi_similarity_mining
 from .npair import NPairLoss
 from .quadruplet import QuadrupletLoss
+from .ranked_list import RankedListLoss
 from .triplet import TripletLoss
+from .triplet_center import TripletCenterLoss
 from .registry import LOSSES, get_loss, hparams_of, loss_hparam_names, register
 
 __all__ = [
@@ -33,6 +35,8 @@ __all__ = [
     "MultiSimilarityLoss",
     "NPairLoss",
     "QuadrupletLoss",
+    "RankedListLoss",
+    "TripletCenterLoss",
     "TripletLoss",
     "multi_similarity_mining",
     "check_inputs",
