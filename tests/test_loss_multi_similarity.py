@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from batches import pk_batch, unbalanced_batch
 from pytorch_metric_learning.losses import MultiSimilarityLoss as PMLMultiSimilarityLoss
 from pytorch_metric_learning.miners import MultiSimilarityMiner

@@ -20,6 +20,8 @@ Everything a loss needs that is not the loss's own formula lives here, once:
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,6 +32,11 @@ __all__ = [
     "cosine_similarity_matrix",
     "label_masks",
     "euclidean_from_similarity",
+    "unit_distance",
+    "masked_logsumexp",
+    "masked_softmax",
+    "check_finite",
+    "DISTANCE_CLAMP",
     "log1p_sum_exp",
     "softmax_with_one",
     "masked_mean",
@@ -116,6 +123,59 @@ def label_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
 def euclidean_from_similarity(S: Tensor, eps: float = 1e-12) -> Tensor:
     """|e_i - e_j| for unit vectors, sqrt(2 - 2 S), clamped so the gradient stays finite at S = 1."""
     return (2.0 - 2.0 * S).clamp_min(eps).sqrt()
+
+
+# Lower clamp of 2 - 2 S under the square root (euclidean_from_similarity's eps): keeps
+# d and its slope finite at S = 1. Named here because the closed-form slope must use the
+# same value to agree with autograd.
+DISTANCE_CLAMP = 1e-12
+
+
+def unit_distance(S: Tensor) -> tuple[Tensor, Tensor]:
+    """(d, slope): d = sqrt(2 - 2 S) and slope = -dd/dS = 1 / d, exactly as autograd sees it.
+
+    The chain rule of every Euclidean loss on S: dL/dS_ij = -dL/dd_ij * slope_ij, so its
+    pair weight is W_ij = -dL/dS_ij = dL/dd_ij * slope_ij. Where the clamp is active
+    (2 - 2 S <= DISTANCE_CLAMP, i.e. S = 1 up to rounding) autograd's clamp passes no
+    gradient, so the slope is 0 there too.
+    """
+    d = euclidean_from_similarity(S, eps=DISTANCE_CLAMP)
+    slope = torch.where(2.0 - 2.0 * S > DISTANCE_CLAMP, 1.0 / d, torch.zeros_like(d))
+    return d, slope
+
+
+def _fill_masked(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    # Off-mask entries become -inf (they drop out of logsumexp / softmax). A row with an
+    # empty mask would be all -inf (NaN softmax, NaN gradient), so it is set to 0 instead
+    # and its result is discarded by the caller via `nonempty`.
+    nonempty = mask.any(dim=1)
+    filled = x.masked_fill(~mask, float("-inf"))
+    filled = torch.where(nonempty[:, None], filled, torch.zeros_like(x))
+    return filled, nonempty
+
+
+def masked_logsumexp(x: Tensor, mask: Tensor) -> Tensor:
+    """Row-wise log(sum_{j: mask[i, j]} exp(x[i, j])); 0 (with zero gradient) for an empty row.
+
+    Unlike `base.log1p_sum_exp` there is no "1 +": the empty sum is -inf mathematically,
+    so callers must exclude empty rows themselves (the 0 is only a NaN-free placeholder).
+    """
+    filled, nonempty = _fill_masked(x, mask)
+    return torch.where(nonempty, torch.logsumexp(filled, dim=1), torch.zeros_like(x[:, 0]))
+
+
+def masked_softmax(x: Tensor, mask: Tensor) -> Tensor:
+    """Row-wise softmax of x over the mask, 0 off the mask and on empty rows (d masked_logsumexp / dx)."""
+    filled, _ = _fill_masked(x, mask)
+    return torch.softmax(filled, dim=1) * mask
+
+
+def check_finite(**values: float) -> None:
+    """Raise a ValueError naming the first hyper-parameter that is not a finite real number."""
+    for name, value in values.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}.")
+
 
 
 def _with_zero_column(x: Tensor, mask: Tensor) -> Tensor:

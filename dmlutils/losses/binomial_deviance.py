@@ -30,13 +30,12 @@ each pair's weight depends on its own similarity only — no relative similarity
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SimilarityLoss, check_similarity, label_masks
+from .base import SimilarityLoss, check_finite, check_similarity, label_masks
 from .registry import register
 
 
@@ -46,9 +45,7 @@ class BinomialDevianceLoss(SimilarityLoss):
 
     def __init__(self, alpha: float = 2.0, beta: float = 50.0, lam: float = 0.5):
         super().__init__()
-        for name, value in (("alpha", alpha), ("beta", beta), ("lam", lam)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}.")
+        check_finite(alpha=alpha, beta=beta, lam=lam)
         if alpha <= 0 or beta <= 0:
             raise ValueError(
                 f"alpha and beta must be positive (the slopes of the positive and negative "

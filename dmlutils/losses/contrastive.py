@@ -26,12 +26,11 @@ S_ij > neg_margin, 0 elsewhere — constant weights, switched on and off by the 
 """
 from __future__ import annotations
 
-import math
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SimilarityLoss, check_similarity, label_masks, masked_mean
+from .base import SimilarityLoss, check_finite, check_similarity, label_masks, masked_mean
 from .registry import register
 
 
@@ -42,9 +41,8 @@ class ContrastiveLoss(SimilarityLoss):
 
     def __init__(self, pos_margin: float = 1.0, neg_margin: float = 0.5):
         super().__init__()
+        check_finite(pos_margin=pos_margin, neg_margin=neg_margin)
         for name, value in (("pos_margin", pos_margin), ("neg_margin", neg_margin)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}.")
             # Outside [-1, 1] the hinge on a cosine similarity is always on or always off.
             if not -1.0 <= value <= 1.0:
                 raise ValueError(

@@ -45,8 +45,15 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import SimilarityLoss, check_similarity, differentiable_zero, label_masks
-from .lifted_structure import check_finite, masked_softmax, unit_distance
+from .base import (
+    SimilarityLoss,
+    check_finite,
+    check_similarity,
+    differentiable_zero,
+    label_masks,
+    masked_softmax,
+    unit_distance,
+)
 from .registry import register
 
 __all__ = ["RankedListLoss"]

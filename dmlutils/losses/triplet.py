@@ -30,12 +30,11 @@ as B^3: 0.5 M entries at B = 80, 16.8 M at B = 256. `quadruplet` reuses this mac
 """
 from __future__ import annotations
 
-import math
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SimilarityLoss, check_similarity, label_masks, masked_mean
+from .base import SimilarityLoss, check_finite, check_similarity, label_masks, masked_mean
 from .registry import register
 
 REDUCTIONS = ("mean", "nonzero_mean")
@@ -67,8 +66,7 @@ def triplet_pair_weights(coefficients: Tensor) -> Tensor:
 
 def check_margin(name: str, value: float) -> None:
     """A margin must be a finite number >= 0 (a negative margin rewards ranking errors)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    check_finite(**{name: value})
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}; a negative margin is satisfied by wrong rankings.")
 
