@@ -5,7 +5,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: test venv bench clean
+LOSSES := contrastive triplet triplet_center npair quadruplet lifted_structure binomial_deviance multi_similarity ranked_list
+
+.PHONY: test venv bench results-cpu clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +21,15 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
-	$(PY) benchmarks/bench_losses.py
+	$(PY) benchmarks/bench_losses.py --batch 80 --out results/benchmarks/losses.json
+
+# The nine cpu-profile run records and the baseline (needs CUB: $$DML_DATA or ./data).
+# A loss that already has a record is skipped; an interrupted run resumes from its checkpoint.
+results-cpu: $(VENV)/.installed
+	@for loss in $(LOSSES); do \
+	  test -f results/cpu/$$loss.json || $(PY) -m dmlutils train --profile cpu --loss $$loss --resume || exit 1; \
+	done
+	test -f results/cpu/baseline.json || $(PY) -m dmlutils baseline --profile cpu
 
 clean:
 	rm -rf $(VENV) _build

@@ -184,14 +184,16 @@ def _cache_key(config: dict, train, test) -> str:
 
 @torch.no_grad()
 def _prefix_activations(prefix, dataset, block: int, batch_size: int, num_workers: int, seed: int, desc: str):
+    # At least one worker: decoding + augmenting in a 1-thread worker overlaps the forward
+    # pass, and keeps augmentation out of the main process's OpenMP threads (which
+    # busy-wait and slow it 10x on a loaded 2-core machine; see benchmarks/bench_data.py).
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
-        num_workers=num_workers,
-        generator=torch.Generator().manual_seed(seed),
+        num_workers=max(1, num_workers),
+        generator=torch.Generator().manual_seed(seed),  # fixes the workers' augmentation seeds
     )
-    torch.manual_seed(seed)  # the augmentations draw from torch's RNG when num_workers == 0
     chunks = []
     for images, _ in tqdm(loader, desc=desc, leave=False):
         images = images.contiguous(memory_format=torch.channels_last)
@@ -246,9 +248,11 @@ def embed(model: nn.Module, source, config: dict, device, cached_block: int | No
             x = source[start : start + bs].to(device, torch.float32)
             out.append(model.forward_from_block(x, cached_block).float().cpu())
     else:
-        loader = DataLoader(source, batch_size=bs, shuffle=False, num_workers=config["num_workers"])
+        # Small channels-last batches run several times faster on CPU than one large one.
+        loader = DataLoader(source, batch_size=min(bs, 32), shuffle=False, num_workers=max(1, config["num_workers"]))
         for images, _ in tqdm(loader, desc="embed", leave=False, disable=not progress):
-            out.append(model(images.to(device)).float().cpu())
+            images = images.to(device).contiguous(memory_format=torch.channels_last)
+            out.append(model(images).float().cpu())
     return torch.cat(out)
 
 
@@ -294,7 +298,7 @@ def _trainable_parameters(model, config):
     block = config["cache_from_block"] if config["cache_views"] else None
     backbone_params, head_params = [], list(model.head.parameters())
     for name, p in model.backbone.named_parameters():
-        if block is not None and not (name.startswith(f"_blocks.") and int(name.split(".")[1]) >= block) and not name.startswith(("_conv_head", "_bn1")):
+        if block is not None and not (name.startswith("_blocks.") and int(name.split(".")[1]) >= block) and not name.startswith(("_conv_head", "_bn1")):
             p.requires_grad_(False)  # frozen: computed once into the cache
         if name.startswith("_fc."):
             p.requires_grad_(False)  # the ImageNet classifier is not part of the embedding
@@ -362,6 +366,12 @@ def train(
     step = 0
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if state["record"]["config"] != config:
+            changed = sorted(k for k in set(config) | set(state["record"]["config"]) if config.get(k) != state["record"]["config"].get(k))
+            raise ValueError(
+                f"the checkpoint in {run_dir} was made with other settings ({', '.join(changed)} differ); "
+                "resume with the same settings, or delete that folder (or choose another --run-dir) to start afresh"
+            )
         model.load_state_dict(state["model"])
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
@@ -428,7 +438,11 @@ def baseline(config: dict, root=None, record_path=None, device=None) -> dict:
     _, test_set = build_datasets(config, root)
     from .models import EmbeddingModel, get_backbone
 
-    model = EmbeddingModel(get_backbone(config["backbone"], pretrained=config["pretrained"]), embedding_dim=None, pooling=config["pooling"], freeze_bn=True).to(device)
+    backbone = get_backbone(config["backbone"], pretrained=config["pretrained"])
+    if hasattr(backbone, "fold_batchnorm"):  # frozen: BatchNorm folded into the convolutions (same function, faster)
+        backbone = backbone.fold_batchnorm()
+    model = EmbeddingModel(backbone, embedding_dim=None, pooling=config["pooling"], freeze_bn=True).to(device)
+    model = model.to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
     embeddings = embed(model, test_set, config, device, progress=True)
     metrics = test_metrics(embeddings, np.asarray(test_set.labels), config["eval_ks"])

@@ -86,6 +86,12 @@ def test_resume_reaches_the_same_final_metrics(smoke_record, tmp_path):
         assert a["train_loss"] == b["train_loss"]
 
 
+def test_resume_refuses_a_checkpoint_made_with_other_settings(tmp_path):
+    engine.train(smoke(), tmp_path / "run", stop_after=10, progress=False, device="cpu")
+    with pytest.raises(ValueError, match="other settings \\(lr differ\\)"):
+        engine.train(smoke(lr=0.5), tmp_path / "run", resume=True, progress=False, device="cpu")
+
+
 @pytest.mark.parametrize("loss", ["triplet_center", "npair", "ranked_list"])
 def test_every_kind_of_loss_trains(loss, tmp_path):
     record = engine.train(

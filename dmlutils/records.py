@@ -1,0 +1,43 @@
+"""Reading run records (the JSON files `python -m dmlutils train|baseline` writes).
+
+The book builds every table and curve from these; a loss without a record is shown as
+"not run", never as a number.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .engine import REPO_ROOT
+
+DEFAULT_RESULTS = REPO_ROOT / "results"
+
+
+def load_records(profile: str, results_dir=None) -> dict[str, dict]:
+    """{record name: record} of every finished record of a profile (name = file stem)."""
+    folder = Path(results_dir or DEFAULT_RESULTS) / profile
+    records = {}
+    for path in sorted(folder.glob("*.json")):
+        record = json.loads(path.read_text())
+        if "final" in record:  # an interrupted run has no final metrics: not a result yet
+            record["_path"] = str(path)
+            records[path.stem] = record
+    return records
+
+
+def learning_curve(record: dict, metric: str = "recall@1") -> tuple[list[int], list[float]]:
+    """(iterations, metric values) of a record's evaluations."""
+    evaluations = record["evaluations"]
+    return [e["iteration"] for e in evaluations], [e["metrics"][metric] for e in evaluations]
+
+
+def provenance(record: dict) -> str:
+    """One line saying where a record's numbers come from."""
+    git = record.get("git", {})
+    dirty = " (uncommitted changes)" if git.get("dirty") else ""
+    return (
+        f"{record.get('kind', 'train')} run, profile {record['profile']}, loss {record.get('loss')}, "
+        f"seed {record.get('seed')}, commit {str(git.get('commit', 'unknown'))[:10]}{dirty}, "
+        f"device {record.get('device')}, {record.get('wall_time_seconds', 0):.0f} s, "
+        f"finished {record.get('finished', record.get('started', '?'))}"
+    )
