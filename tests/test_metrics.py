@@ -12,6 +12,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -110,6 +111,18 @@ def test_matches_brute_force_on_random_embeddings(seed):
     assert recall_at_k(embeddings, labels, ks) == {k: ours[f"recall@{k}"] for k in ks}
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_large_k_by_first_hit_rank_matches_brute_force(seed):
+    # SOP-style K (1, 10, 100, ...) beyond the listed top-k: Recall@K of queries whose
+    # first hit is not in the list comes from counting; random labels make that most.
+    rng = np.random.default_rng(200 + seed)
+    embeddings = rng.standard_normal((300, 6)).astype(np.float32)
+    labels = rng.integers(0, 40, size=300)
+    ks = (1, 10, 50, 100, 299)
+    ours = evaluate(embeddings, labels, ks, include_nmi=False, chunk_size=37)
+    assert_metrics_equal(ours, brute_force_self(embeddings, labels, ks))
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_ties_broken_by_index_like_a_stable_sort(seed):
     # Small integer embeddings with the raw inner product: similarities are exact in
@@ -120,8 +133,11 @@ def test_ties_broken_by_index_like_a_stable_sort(seed):
     labels = rng.integers(0, 5, size=70)
     labels[:3] = [90, 91, 92]  # singleton classes
     ks = (1, 2, 3, 5, 10, 69)
-    ours = evaluate(embeddings, labels, ks, include_nmi=False, normalize=False, chunk_size=16)
-    assert_metrics_equal(ours, brute_force_self(embeddings, labels, ks, normalize=False))
+    expected = brute_force_self(embeddings, labels, ks, normalize=False)
+    for listed_k in (1, 4, metrics._LISTED_RECALL_K):  # 1 and 4: most K by rank counting
+        with mock.patch.object(metrics, "_LISTED_RECALL_K", listed_k):
+            ours = evaluate(embeddings, labels, ks, include_nmi=False, normalize=False, chunk_size=16)
+        assert_metrics_equal(ours, expected)
 
 
 def test_top_neighbours_resolves_ties_at_the_cut_off_by_index():
@@ -149,9 +165,13 @@ def test_property_equals_brute_force_on_tied_integer_embeddings(data):
     labels = np.array(data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)))
     ks = tuple(data.draw(st.lists(st.integers(1, n - 1), min_size=1, max_size=4), label="ks"))
     chunk_size = data.draw(st.integers(1, n), label="chunk_size")
-    ours = evaluate(
-        embeddings, labels, ks, include_nmi=False, normalize=False, chunk_size=chunk_size
-    )
+    # How far Recall@K is read off the top-k list; beyond it the rank of the first hit
+    # is counted. Small values force the counting path on these small problems.
+    listed_k = data.draw(st.sampled_from([1, 2, 5, metrics._LISTED_RECALL_K]), label="listed_k")
+    with mock.patch.object(metrics, "_LISTED_RECALL_K", listed_k):
+        ours = evaluate(
+            embeddings, labels, ks, include_nmi=False, normalize=False, chunk_size=chunk_size
+        )
     assert_metrics_equal(ours, brute_force_self(embeddings, labels, sorted(set(ks)), normalize=False))
     recalls = [ours[f"recall@{k}"] for k in sorted(set(ks))]
     assert recalls == sorted(recalls)  # Recall@K never decreases with K
@@ -441,7 +461,7 @@ def test_unknown_option_of_single_metric_is_a_type_error():
 def test_chunk_size_is_the_largest_that_fits_the_budget():
     sop_gallery, neighbours = 60_502, 33
     chunk = chunk_size_for_memory_budget(sop_gallery, neighbours, DEFAULT_MEMORY_BUDGET_BYTES)
-    per_query = 4 * sop_gallery + 96 * neighbours
+    per_query = 6 * sop_gallery + 96 * neighbours  # the documented cost of a query row
     assert chunk * per_query <= DEFAULT_MEMORY_BUDGET_BYTES < (chunk + 1) * per_query
     # The similarity block alone (float32, chunk x gallery) stays under the budget.
     assert chunk * sop_gallery * 4 <= DEFAULT_MEMORY_BUDGET_BYTES
