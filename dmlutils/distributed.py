@@ -47,6 +47,22 @@ Run without torchrun (no WORLD_SIZE, or WORLD_SIZE=1) it initialises nothing, an
 helper here degrades to the single-process behaviour. The global batch stays P x K
 (P divisible by N); the learning rate and number of iterations stay those of the profile,
 since the averaged gradient equals the single-process one.
+
+What the training loop does with these helpers
+----------------------------------------------
+* `context = setup_from_env(device)` first, `cleanup()` last (in a `finally`).
+* The same seed on every rank; `PKSampler(..., num_replicas=context.world_size,
+  rank=context.rank)`; random draws that depend on a sample's position in the batch
+  (e.g. which cached view) drawn for the whole global batch, then sliced to this rank's
+  rows, so that N processes reproduce one.
+* `model = wrap_model(model.to(context.device), context)`, and every training forward
+  through the wrapper: DDP synchronises gradients only for its own `forward`, so a call to
+  another method (`model.module.forward_from_block`) trains each rank on its own gradient.
+  BatchNorm in training mode normalises per rank; freeze it (the paper does) or convert
+  it with `nn.SyncBatchNorm.convert_sync_batchnorm` for single-process equivalence.
+* `loss = GlobalBatchLoss(loss)` (around a cross-batch memory, if any).
+* Only `is_main_process()` writes run records and checkpoints (of `unwrap_model(model)`);
+  evaluation on rank 0 while the others wait in `barrier()`.
 """
 from __future__ import annotations
 
