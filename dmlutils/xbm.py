@@ -43,12 +43,11 @@ differ from the plain runs by the memory alone. The authors also start the memor
 warm-up (e.g. 1,000 iterations), when the embeddings drift slowly enough; here that is the
 caller's choice (`enabled` can be switched on at a given iteration).
 
-Supported losses: `MultiSimilarityLoss` (all its mining / weighting switches) and
-`ContrastiveLoss`. Their square forms in `dmlutils.losses` are untouched; the rectangular
-forms are below, built from the same shared machinery (masks by label comparison,
-`log1p_sum_exp`, `masked_mean`) and tested against the square losses with an empty memory,
-against per-anchor loops on [E_B; E_M], and (contrastive) against pytorch-metric-learning's
-`CrossBatchMemory`.
+Supported losses: those whose `from_similarity` accepts `reference_labels`
+(`accepts_references = True`: `MultiSimilarityLoss` with all its mining / weighting
+switches, and `ContrastiveLoss`); the rectangular S goes straight into the loss's own
+code. Tested against the square losses with an empty memory, against per-anchor loops on
+[E_B; E_M], and (contrastive) against pytorch-metric-learning's `CrossBatchMemory`.
 
 Distributed training: wrap XBM inside `dmlutils.distributed.GlobalBatchLoss`, which hands it
 the gathered global batch, so every rank keeps the same memory of global batches.
@@ -59,18 +58,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .losses.base import check_inputs, differentiable_zero, log1p_sum_exp, masked_mean
-from .losses.contrastive import ContrastiveLoss
-from .losses.multi_similarity import SELF_SIMILARITY_TOLERANCE, MultiSimilarityLoss
+from .losses import LOSSES
+from .losses.base import check_inputs, differentiable_zero
 
 __all__ = [
     "CrossBatchMemory",
     "CrossBatchMemoryLoss",
     "with_cross_batch_memory",
-    "reference_masks",
-    "multi_similarity_rectangular",
-    "contrastive_rectangular",
-    "SUPPORTED_LOSSES",
 ]
 
 
@@ -142,87 +136,20 @@ class CrossBatchMemory(nn.Module):
         return f"size={self.size}, filled={len(self)}"
 
 
-# --- rectangular (anchors x references) forms of the supported losses ---------------------
-
-
-def reference_masks(anchor_labels: Tensor, reference_labels: Tensor) -> tuple[Tensor, Tensor]:
-    """(positive, negative) masks of anchors x references, the first references being the anchors.
-
-    positive[i, j]: same label and j != i (reference i is anchor i itself);
-    negative[i, j]: different labels. With references = anchors this is `label_masks`.
-    """
-    same = anchor_labels[:, None] == reference_labels[None, :]
-    itself = torch.eye(len(anchor_labels), len(reference_labels), dtype=torch.bool, device=same.device)
-    return same & ~itself, ~same
-
-
-def _ms_mining(loss: MultiSimilarityLoss, S: Tensor, positive: Tensor, negative: Tensor) -> tuple[Tensor, Tensor]:
-    # Row by row the rule of `multi_similarity_mining` (which needs a square S): it is applied
-    # to each anchor's row of references, so an anchor row here mines exactly as the same
-    # row of the square loss on [current batch; memory].
-    S = S.detach()
-    positive = positive & (S < 1 - SELF_SIMILARITY_TOLERANCE)
-    hardest_positive = S.masked_fill(~positive, float("inf")).amin(dim=1, keepdim=True)
-    hardest_negative = S.masked_fill(~negative, float("-inf")).amax(dim=1, keepdim=True)
-    kept_negative = negative & (S + loss.epsilon > hardest_positive) if loss.mine_negatives else negative
-    kept_positive = positive & (S - loss.epsilon < hardest_negative) if loss.mine_positives else positive
-    kept_negative = kept_negative & positive.any(dim=1, keepdim=True)
-    kept_positive = kept_positive & negative.any(dim=1, keepdim=True)
-    active = kept_positive.any(dim=1, keepdim=True) & kept_negative.any(dim=1, keepdim=True)
-    return kept_positive & active, kept_negative & active
-
-
-def multi_similarity_rectangular(
-    loss: MultiSimilarityLoss, S: Tensor, anchor_labels: Tensor, reference_labels: Tensor
-) -> Tensor:
-    """MS loss of B anchors against R references: (1/B) sum over anchors of the per-anchor term."""
-    positive, negative = reference_masks(anchor_labels, reference_labels)
-    kept_positive, kept_negative = _ms_mining(loss, S, positive, negative)
-    positive_logits = -loss.alpha * (S - loss.lam)
-    negative_logits = loss.beta * (S - loss.lam)
-    if loss.weighting:
-        positive_term = log1p_sum_exp(positive_logits, kept_positive)
-        negative_term = log1p_sum_exp(negative_logits, kept_negative)
-    else:
-        zero = torch.zeros_like(S)
-        positive_term = torch.where(kept_positive, F.softplus(positive_logits), zero).sum(dim=1)
-        negative_term = torch.where(kept_negative, F.softplus(negative_logits), zero).sum(dim=1)
-    per_anchor = positive_term / loss.alpha + negative_term / loss.beta
-    return per_anchor.sum() / S.shape[0]
-
-
-def contrastive_rectangular(
-    loss: ContrastiveLoss, S: Tensor, anchor_labels: Tensor, reference_labels: Tensor
-) -> Tensor:
-    """Contrastive loss over the (anchor, reference) pairs: mean over positives + mean over negatives."""
-    positive, negative = reference_masks(anchor_labels, reference_labels)
-    positive_term = masked_mean(F.relu(loss.pos_margin - S), positive)
-    negative_term = masked_mean(F.relu(S - loss.neg_margin), negative)
-    return positive_term + negative_term
-
-
-SUPPORTED_LOSSES = {
-    MultiSimilarityLoss: multi_similarity_rectangular,
-    ContrastiveLoss: contrastive_rectangular,
-}
-
-
-def _rectangular_form(loss: nn.Module):
-    for cls, form in SUPPORTED_LOSSES.items():
-        if isinstance(loss, cls):
-            return form
-    names = ", ".join(cls.__name__ for cls in SUPPORTED_LOSSES)
-    raise ValueError(
-        f"cross-batch memory is implemented for {names}; got {type(loss).__name__}. "
-        "Train that loss without memory (xbm_size=0)."
-    )
+def _check_supported(loss: nn.Module) -> None:
+    if not getattr(loss, "accepts_references", False):
+        supported = ", ".join(sorted(n for n, cls in LOSSES.items() if getattr(cls, "accepts_references", False)))
+        raise ValueError(
+            f"cross-batch memory needs a loss whose terms are per-anchor rows of S (supported: {supported}); "
+            f"got {type(loss).__name__}. Train that loss without memory (xbm_size=0)."
+        )
 
 
 class CrossBatchMemoryLoss(nn.Module):
     """`loss` with the current batch as anchors against [current batch; memory of past batches].
 
     Args:
-        loss: a `MultiSimilarityLoss` or `ContrastiveLoss` (its hyper-parameters are used).
+        loss: a loss with `accepts_references` (`MultiSimilarityLoss`, `ContrastiveLoss`).
         memory_size: how many past embeddings the FIFO memory keeps (>= 1).
         enabled: while False the memory is neither used nor filled (the plain loss): the
             XBM paper switches the memory on after a warm-up.
@@ -234,7 +161,7 @@ class CrossBatchMemoryLoss(nn.Module):
 
     def __init__(self, loss: nn.Module, memory_size: int, enabled: bool = True):
         super().__init__()
-        self._form = _rectangular_form(loss)
+        _check_supported(loss)
         self.loss = loss
         self.memory = CrossBatchMemory(memory_size)
         self.enabled = bool(enabled)
@@ -253,7 +180,7 @@ class CrossBatchMemoryLoss(nn.Module):
         references = torch.cat([embeddings, memory_embeddings])
         reference_labels = torch.cat([labels, memory_labels])
         S = F.normalize(embeddings, p=2, dim=1) @ F.normalize(references, p=2, dim=1).T
-        value = self._form(self.loss, S, labels, reference_labels)
+        value = self.loss.from_similarity(S, labels, reference_labels)
         if self.training:
             self.memory.enqueue(embeddings, labels)
         return value

@@ -90,17 +90,31 @@ def check_inputs(embeddings: Tensor, labels: Tensor) -> None:
     _check_labels(labels, embeddings.shape[0], "embeddings", embeddings.device)
 
 
-def check_similarity(S: Tensor, labels: Tensor) -> None:
-    """Checks for `from_similarity`: a square floating matrix with one label per row."""
-    if not isinstance(S, Tensor) or S.dim() != 2 or S.shape[0] != S.shape[1]:
+def check_similarity(S: Tensor, labels: Tensor, reference_labels: Tensor | None = None) -> None:
+    """Checks for `from_similarity`: a floating (anchors, references) matrix, one label per row
+    and (when references are not the anchors themselves) one reference label per column."""
+    if not isinstance(S, Tensor) or S.dim() != 2:
         shape = tuple(S.shape) if isinstance(S, Tensor) else type(S).__name__
         raise ValueError(
-            f"S must be a square (batch, batch) similarity matrix, got {shape}; "
+            f"S must be a (batch, batch) similarity matrix, got {shape}; "
             "build it with dmlutils.losses.cosine_similarity_matrix(embeddings)."
         )
     if not S.dtype.is_floating_point:
         raise ValueError(f"S must be floating point, got dtype {S.dtype}.")
     _check_labels(labels, S.shape[0], "S", S.device)
+    if reference_labels is None:
+        if S.shape[0] != S.shape[1]:
+            raise ValueError(
+                f"S must be square (batch, batch), got {tuple(S.shape)}; for anchors against other "
+                "references pass reference_labels (one per column)."
+            )
+    else:
+        _check_labels(reference_labels, S.shape[1], "the columns of S", S.device)
+        if S.shape[1] < S.shape[0]:
+            raise ValueError(
+                f"S has {S.shape[0]} anchors but {S.shape[1]} references; the first references "
+                "must be the anchors themselves (the batch, then e.g. a memory)."
+            )
 
 
 def cosine_similarity_matrix(embeddings: Tensor) -> Tensor:
@@ -109,15 +123,18 @@ def cosine_similarity_matrix(embeddings: Tensor) -> Tensor:
     return normalised @ normalised.T
 
 
-def label_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
-    """(positive, negative) boolean masks of the batch.
+def label_masks(labels: Tensor, reference_labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(positive, negative) boolean masks of anchors x references.
 
-    positive[i, j]: same label and i != j (an anchor is not its own positive);
-    negative[i, j]: different labels.
+    positive[i, j]: same label and j != i (an anchor is not its own positive);
+    negative[i, j]: different labels. The references default to the anchors (the batch);
+    given, their first len(labels) entries must be the anchors themselves, followed by
+    other references (e.g. a cross-batch memory).
     """
-    same = labels[:, None] == labels[None, :]
-    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    return same & ~eye, ~same
+    reference_labels = labels if reference_labels is None else reference_labels
+    same = labels[:, None] == reference_labels[None, :]
+    itself = torch.eye(len(labels), len(reference_labels), dtype=torch.bool, device=labels.device)
+    return same & ~itself, ~same
 
 
 def euclidean_from_similarity(S: Tensor, eps: float = 1e-12) -> Tensor:
@@ -214,7 +231,13 @@ class SimilarityLoss(nn.Module):
     Subclasses implement `from_similarity(S, labels)` and `pair_weights(S, labels)`,
     the closed-form W = -dL/dS (positive pairs get W >= 0: raising their similarity
     lowers the loss; negative pairs W <= 0). The paper's pair weight is |W_ij|.
+
+    Losses whose terms are per-anchor rows of S (`accepts_references = True`) also take
+    `reference_labels`: then S is (anchors, references), the first references being the
+    anchors themselves — how a cross-batch memory (`dmlutils.xbm`) adds past embeddings.
     """
+
+    accepts_references = False
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         check_inputs(embeddings, labels)

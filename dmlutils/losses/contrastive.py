@@ -56,21 +56,23 @@ class ContrastiveLoss(SimilarityLoss):
         self.pos_margin = float(pos_margin)
         self.neg_margin = float(neg_margin)
 
-    def from_similarity(self, S: Tensor, labels: Tensor) -> Tensor:
-        check_similarity(S, labels)
-        positive, negative = label_masks(labels)
+    accepts_references = True
+
+    def from_similarity(self, S: Tensor, labels: Tensor, reference_labels: Tensor | None = None) -> Tensor:
+        check_similarity(S, labels, reference_labels)
+        positive, negative = label_masks(labels, reference_labels)
         positive_term = masked_mean(F.relu(self.pos_margin - S), positive)
         negative_term = masked_mean(F.relu(S - self.neg_margin), negative)
         return positive_term + negative_term
 
-    def pair_weights(self, S: Tensor, labels: Tensor) -> Tensor:
+    def pair_weights(self, S: Tensor, labels: Tensor, reference_labels: Tensor | None = None) -> Tensor:
         """W = -dL/dS: 1/n_pos on violating positives, -1/n_neg on violating negatives.
 
         "Violating" is strict (S_ij < pos_margin, S_ij > neg_margin): at the hinge's kink
         the loss uses the zero sub-gradient, as autograd's relu does.
         """
-        check_similarity(S, labels)
-        positive, negative = label_masks(labels)
+        check_similarity(S, labels, reference_labels)
+        positive, negative = label_masks(labels, reference_labels)
         pulled = (positive & (S < self.pos_margin)).to(S.dtype)
         pushed = (negative & (S > self.neg_margin)).to(S.dtype)
         n_positive = positive.sum().clamp_min(1).to(S.dtype)

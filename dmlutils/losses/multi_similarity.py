@@ -32,10 +32,12 @@ def multi_similarity_mining(
     epsilon: float,
     mine_positives: bool = True,
     mine_negatives: bool = True,
+    reference_labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Masks (kept positives, kept negatives) of MS mining; rows of anchors that keep
-    no positive or no negative are all False (the anchor is skipped)."""
-    positive, negative = label_masks(labels)
+    no positive or no negative are all False (the anchor is skipped). Every quantity is
+    a function of the anchor's own row of S."""
+    positive, negative = label_masks(labels, reference_labels)
     S = S.detach()  # mining is a selection: no gradient flows through the thresholds
     positive = positive & (S < 1 - SELF_SIMILARITY_TOLERANCE)
     hardest_positive = S.masked_fill(~positive, float("inf")).amin(dim=1, keepdim=True)
@@ -77,15 +79,19 @@ class MultiSimilarityLoss(SimilarityLoss):
         self.alpha, self.beta, self.lam, self.epsilon = alpha, beta, lam, epsilon
         self.mine_positives, self.mine_negatives, self.weighting = mine_positives, mine_negatives, weighting
 
-    def mined_pairs(self, S: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        return multi_similarity_mining(S, labels, self.epsilon, self.mine_positives, self.mine_negatives)
+    accepts_references = True
+
+    def mined_pairs(self, S: Tensor, labels: Tensor, reference_labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return multi_similarity_mining(
+            S, labels, self.epsilon, self.mine_positives, self.mine_negatives, reference_labels
+        )
 
     def _logits(self, S: Tensor) -> tuple[Tensor, Tensor]:
         return -self.alpha * (S - self.lam), self.beta * (S - self.lam)
 
-    def from_similarity(self, S: Tensor, labels: Tensor) -> Tensor:
-        check_similarity(S, labels)
-        kept_positive, kept_negative = self.mined_pairs(S, labels)
+    def from_similarity(self, S: Tensor, labels: Tensor, reference_labels: Tensor | None = None) -> Tensor:
+        check_similarity(S, labels, reference_labels)
+        kept_positive, kept_negative = self.mined_pairs(S, labels, reference_labels)
         positive_logits, negative_logits = self._logits(S)
         if self.weighting:
             positive_term = log1p_sum_exp(positive_logits, kept_positive)
@@ -97,15 +103,15 @@ class MultiSimilarityLoss(SimilarityLoss):
         per_anchor = positive_term / self.alpha + negative_term / self.beta
         return per_anchor.sum() / S.shape[0]
 
-    def pair_weights(self, S: Tensor, labels: Tensor) -> Tensor:
+    def pair_weights(self, S: Tensor, labels: Tensor, reference_labels: Tensor | None = None) -> Tensor:
         """W = -dL/dS: the paper's w+ on kept positives, -w- on kept negatives, over batch size.
 
         w+_ij = 1 / (exp(-alpha (lam - S_ij)) + sum_{k in P_i} exp(-alpha (S_ik - S_ij)))
               = exp(-alpha (S_ij - lam)) / (1 + sum_{k in P_i} exp(-alpha (S_ik - lam)))
         and w- likewise with beta and the kept negatives — a softmax with an extra logit 0.
         """
-        check_similarity(S, labels)
-        kept_positive, kept_negative = self.mined_pairs(S, labels)
+        check_similarity(S, labels, reference_labels)
+        kept_positive, kept_negative = self.mined_pairs(S, labels, reference_labels)
         positive_logits, negative_logits = self._logits(S)
         if self.weighting:
             w_positive = softmax_with_one(positive_logits, kept_positive)
