@@ -1,0 +1,250 @@
+"""The book's sources and its runner (dmlutils.book).
+
+Checks every source notebook (valid, stripped, parameterised, Colab badge and install
+cell pointing at the repository of _config.yml), that _toc.yml lists every chapter, the
+runner's failure path on a deliberately failing notebook (a real papermill run in a
+tmp_path, not the whole book) and the default-profile rule.
+"""
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat", reason="the book's tools are not installed (pip install -e '.[book]')")
+yaml = pytest.importorskip("yaml")
+
+from dmlutils import book  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = book.chapter_notebooks(ROOT / "notebooks")
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+REPO_URL = CONFIG["repository"]["url"].rstrip("/")
+BRANCH = CONFIG["repository"].get("branch", "main")
+
+
+def notebook_ids(path: Path) -> str:
+    return path.stem
+
+
+def code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def test_there_are_chapters():
+    names = [p.name for p in NOTEBOOKS]
+    # the theory chapters this runner was written with; more may be dropped in
+    for prefix in ("01_", "02_", "03_", "04_", "05_"):
+        assert any(n.startswith(prefix) for n in names), f"no chapter {prefix}* in notebooks/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=notebook_ids)
+class TestSourceNotebook:
+    def test_valid_nbformat_and_stripped(self, path):
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+        for cell in code_cells(nb):
+            assert cell.outputs == [], f"{path.name}: a code cell has outputs; run python -m dmlutils.book --strip"
+            assert cell.execution_count is None, f"{path.name}: a code cell has an execution count"
+            assert "papermill" not in cell.metadata and "execution" not in cell.metadata
+        assert "papermill" not in nb.metadata, f"{path.name} is an executed copy, not a source"
+
+    def test_parameters_cell(self, path):
+        nb = nbformat.read(path, as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{path.name}: expected one cell tagged 'parameters', found {len(tagged)}"
+        assert tagged[0].cell_type == "code"
+        assigned = {
+            target.id
+            for node in ast.parse(tagged[0].source).body
+            if isinstance(node, ast.Assign)
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
+        missing = {"profile", "seed"} - assigned
+        assert not missing, f"{path.name}: the parameters cell does not set {missing}"
+        # what the runner may inject must be plain assignments papermill can see
+        import papermill
+
+        assert {"profile", "seed"} <= set(papermill.inspect_notebook(str(path)))
+
+    def test_colab_badge_points_at_this_notebook(self, path):
+        nb = nbformat.read(path, as_version=4)
+        first = nb.cells[0]
+        assert first.cell_type == "markdown" and first.source.startswith("# "), "chapter must open with its title"
+        slug = REPO_URL.removeprefix("https://github.com/")
+        link = f"https://colab.research.google.com/github/{slug}/blob/{BRANCH}/notebooks/{path.name}"
+        assert re.search(r"\[!\[Open In Colab\]\([^)]*\)\]\(" + re.escape(link) + r"\)", first.source), (
+            f"{path.name}: the first cell needs the badge [![Open In Colab](...)]({link})"
+        )
+
+    def test_install_cell_runs_only_in_colab(self, path, monkeypatch):
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        first_code = code_cells(nbformat.read(path, as_version=4))[0]
+        assert "google.colab" in first_code.source and f"git+{REPO_URL}" in first_code.source
+        python = TransformerManager().transform_cell(first_code.source)  # `!pip` -> get_ipython().system(...)
+        commands = []
+
+        class Shell:
+            def system(self, command):
+                commands.append(command)
+
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+        exec(compile(python, path.name, "exec"), {"get_ipython": Shell})
+        assert commands == [], "the install cell must do nothing outside Colab"
+
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+        exec(compile(python, path.name, "exec"), {"get_ipython": Shell})
+        assert len(commands) == 1 and "pip install" in commands[0] and f"git+{REPO_URL}" in commands[0]
+
+
+def test_toc_lists_every_chapter_and_is_current():
+    toc_text = (ROOT / "_toc.yml").read_text()
+    toc = yaml.safe_load(toc_text)
+    files = [entry["file"] for part in toc["parts"] for entry in part["chapters"]]
+    for path in NOTEBOOKS:
+        assert f"book/chapters/{path.stem}" in files, f"_toc.yml misses {path.name}"
+    assert toc_text == book.render_toc(ROOT), "_toc.yml is stale: run python -m dmlutils.book --write-toc"
+    for page in files:
+        if not page.startswith("book/chapters/"):
+            assert (ROOT / f"{page}.md").is_file(), f"_toc.yml lists {page}, which does not exist"
+
+
+def test_render_toc_orders_chapters_then_appendix(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "book").mkdir()
+    for name in ("10_later.ipynb", "A1_appendix.ipynb", "02_second.ipynb", "notes.ipynb", "1_bad.ipynb"):
+        (tmp_path / "notebooks" / name).write_text("{}")
+    (tmp_path / "book" / "appendix_extra.md").write_text("# x\n")
+    toc = yaml.safe_load(book.render_toc(tmp_path))
+    chapters, appendix = toc["parts"]
+    assert [c["file"] for c in chapters["chapters"]] == ["book/chapters/02_second", "book/chapters/10_later"]
+    assert [c["file"] for c in appendix["chapters"]] == ["book/chapters/A1_appendix", "book/appendix_extra"]
+
+
+# --- the runner ------------------------------------------------------------------------------
+
+
+def tiny_notebook(path: Path, cells: list[str]) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    parameters = nbformat.v4.new_code_cell('profile = "cpu"\nseed = 0')
+    parameters.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# A chapter"), parameters]
+    nb.cells += [nbformat.v4.new_code_cell(source) for source in cells]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def test_failing_chapter_exits_nonzero_naming_chapter_and_cell(tmp_path, capsys):
+    # Cell 3 passes only if the runner injected profile="smoke" over the notebook's "cpu";
+    # cell 4 fails. The message must name cell 4 of the *source* (papermill's injected
+    # parameters cell shifts the executed notebook's numbering by one).
+    tiny_notebook(tmp_path / "notebooks" / "01_failing.ipynb", [
+        'assert profile == "smoke", profile',
+        "ratio = 1 / 0",
+        "print('never reached')",
+    ])
+    status = book.main(["--root", str(tmp_path), "--profile", "smoke", "--skip-build"])
+    error = capsys.readouterr().err
+    assert status != 0
+    assert "01_failing.ipynb" in error
+    assert "cell 4" in error and "ZeroDivisionError" in error and "ratio = 1 / 0" in error
+    assert not (tmp_path / "book" / "chapters" / "01_failing.ipynb").exists(), "a failed chapter must not be published"
+    kept = tmp_path / "_build" / "papermill" / "01_failing.failed.ipynb"
+    assert kept.is_file() and "ZeroDivisionError" in kept.read_text()
+
+
+def test_chapter_executes_with_injected_parameters(tmp_path):
+    # data_root is offered but not declared by this notebook, so it must not be injected
+    source = tiny_notebook(tmp_path / "02_ok.ipynb", ["print(profile, seed, 'data_root' in globals())"])
+    output = book.execute_chapter(
+        source, tmp_path / "out" / "02_ok.ipynb",
+        {"profile": "smoke", "seed": 3, "data_root": "/somewhere", "results_dir": "results"},
+    )
+    nb = nbformat.read(output, as_version=4)
+    printed = "".join(o.get("text", "") for c in code_cells(nb) for o in c.outputs)
+    assert printed.strip() == "smoke 3 False"
+    assert not list(tmp_path.glob("out/.*")), "no temporary file may be left behind"
+
+
+def test_undeclared_parameters_are_not_injected(tmp_path):
+    source = tiny_notebook(tmp_path / "03_params.ipynb", [])
+    assert book.declared_parameters(source) == {"profile", "seed"}
+
+
+def test_notebook_without_parameters_cell_is_refused(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1")]
+    path = tmp_path / "01_untagged.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(book.BookError, match="no cell tagged `parameters`"):
+        book.execute_chapter(path, tmp_path / "out.ipynb", {"profile": "smoke"})
+
+
+def test_only_with_unknown_chapter_lists_the_chapters():
+    with pytest.raises(book.BookError, match="matches no chapter.*02_general"):
+        book.select_chapters(NOTEBOOKS, ["99"])
+    assert [p.name[:2] for p in book.select_chapters(NOTEBOOKS, ["03", "01"])] == ["01", "03"]
+
+
+def test_strip_notebook_removes_outputs(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("1 + 1")
+    cell.outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "2"}, execution_count=1)]
+    cell.execution_count = 1
+    cell.metadata["papermill"] = {"duration": 0.1}
+    nb.cells = [cell]
+    nb.metadata["papermill"] = {"parameters": {}}
+    path = tmp_path / "01_x.ipynb"
+    nbformat.write(nb, path)
+    assert book.strip_notebook(path) is True
+    stripped = nbformat.read(path, as_version=4)
+    assert stripped.cells[0].outputs == [] and stripped.cells[0].execution_count is None
+    assert "papermill" not in stripped.metadata and "papermill" not in stripped.cells[0].metadata
+    assert book.strip_notebook(path) is False  # idempotent
+
+
+# --- default profile ---------------------------------------------------------------------------
+
+
+def fake_cub(root: Path) -> Path:
+    (root / "CUB_200_2011").mkdir(parents=True)
+    (root / "CUB_200_2011" / "images.txt").write_text("1 001.Bird/a.jpg\n")
+    return root
+
+
+def test_default_profile_is_cpu_when_cub_is_found(tmp_path, monkeypatch):
+    monkeypatch.setenv("DML_DATA", str(fake_cub(tmp_path / "data")))
+    assert book.default_profile() == "cpu"
+    monkeypatch.delenv("DML_DATA")
+    assert book.default_profile(tmp_path / "data") == "cpu"
+
+
+def test_default_profile_without_cub_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("DML_DATA", str(tmp_path / "empty"))
+    with pytest.raises(book.BookError) as info:
+        book.default_profile()
+    message = str(info.value)
+    assert str(tmp_path / "empty" / "CUB_200_2011" / "images.txt") in message
+    assert "DML_DATA" in message and "download=True" in message and "--profile smoke" in message
+
+
+def test_cub_profile_is_refused_early_without_cub(tmp_path, monkeypatch):
+    monkeypatch.setenv("DML_DATA", str(tmp_path / "empty"))
+    with pytest.raises(book.BookError, match="profile 'cpu' needs CUB-200-2011"):
+        book.run_book(profile="cpu", root=ROOT, skip_build=True)
+    book.check_profile_data("smoke")  # synthetic data: no CUB needed
+
+
+def test_provenance_names_profile_commit_and_time():
+    text = book.provenance_markdown("smoke", 7)
+    assert "profile **smoke**" in text and "seed 7" in text
+    assert re.search(r"commit (`[0-9a-f]{12}`|unknown)", text)
+    assert re.search(r"executed \d{4}-\d\d-\d\d \d\d:\d\d UTC", text)
