@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -33,26 +34,22 @@ from dmlutils.models.efficientnet_lite import efficientnet_lite0  # noqa: E402
 
 def images_per_second(model, batch: torch.Tensor, min_seconds: float,
                       min_repeats: int, warmup: int) -> tuple[float, float]:
-    """(images per wall-clock second, images per CPU second of this process).
+    """(images/s of the median call, images/s of the fastest call).
 
-    The second number is less sensitive to other processes sharing the cores
-    (it still suffers from their cache pressure); compare it across runs made
-    under different load.
+    The cores of a shared machine are often busy with other work; the median is
+    the typical speed under that load, the fastest call is the better estimate of
+    the speed on idle cores (the usual `timeit` reasoning).
     """
+    times = []
     with torch.inference_mode():
         for _ in range(warmup):
             model(batch)
-        repeats = 0
-        start, cpu_start = time.perf_counter(), time.process_time()
-        while True:
+        start = time.perf_counter()
+        while len(times) < min_repeats or time.perf_counter() - start < min_seconds:
+            t0 = time.perf_counter()
             model(batch)
-            repeats += 1
-            elapsed = time.perf_counter() - start
-            if repeats >= min_repeats and elapsed >= min_seconds:
-                break
-        cpu = max(time.process_time() - cpu_start, 1e-9)
-    images = repeats * batch.shape[0]
-    return images / elapsed, images / cpu
+            times.append(time.perf_counter() - t0)
+    return batch.shape[0] / statistics.median(times), batch.shape[0] / min(times)
 
 
 def prepare(model, batch, channels_last: bool, folded: bool):
@@ -71,14 +68,14 @@ def bench_forward(base, sizes, batch_sizes, min_seconds, min_repeats, warmup):
             for folded in (False, True):
                 for channels_last in (False, True):
                     model, batch = prepare(base, images, channels_last, folded)
-                    rate, cpu_rate = images_per_second(model, batch, min_seconds,
-                                                       min_repeats, warmup)
+                    median, best = images_per_second(model, batch, min_seconds,
+                                                     min_repeats, warmup)
                     rows.append({"size": size, "batch": batch_size,
                                  "channels_last": channels_last, "folded_bn": folded,
-                                 "images_per_s": rate, "images_per_cpu_s": cpu_rate})
+                                 "images_per_s": median, "images_per_s_best": best})
                     print(f"  forward {size}px batch {batch_size:>2} "
                           f"folded={folded!s:5} channels_last={channels_last!s:5} "
-                          f"{rate:8.1f} img/s {cpu_rate:8.1f} img/cpu-s", file=sys.stderr)
+                          f"median {median:7.1f} img/s, best {best:7.1f}", file=sys.stderr)
     return rows
 
 
@@ -91,15 +88,14 @@ def bench_cache(base, size, blocks, n_images, batch_size):
         with torch.inference_mode():
             model.forward_until_block(images[:batch_size].contiguous(
                 memory_format=torch.channels_last), block)  # warm-up
-            start, cpu_start = time.perf_counter(), time.process_time()
+            start = time.perf_counter()
             shape = None
             for i in range(0, n_images, batch_size):
                 chunk = images[i:i + batch_size].contiguous(memory_format=torch.channels_last)
                 shape = tuple(model.forward_until_block(chunk, block).shape[1:])
             seconds = time.perf_counter() - start
-            cpu_seconds = time.process_time() - cpu_start
         rows.append({"size": size, "block": block, "n_images": n_images,
-                     "batch": batch_size, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                     "batch": batch_size, "seconds": seconds,
                      "images_per_s": n_images / seconds, "activation_shape": shape})
         print(f"  cache block {block} at {size}px: {n_images} images in {seconds:.2f} s",
               file=sys.stderr)
@@ -107,20 +103,18 @@ def bench_cache(base, size, blocks, n_images, batch_size):
 
 
 def markdown(result) -> str:
-    lines = ["| size | batch | BN | memory format | images/s | images/CPU-s |",
+    lines = ["| size | batch | BN | memory format | images/s (median) | images/s (best) |",
              "|---:|---:|---|---|---:|---:|"]
     for r in result["forward"]:
         lines.append(f"| {r['size']} | {r['batch']} | "
                      f"{'folded' if r['folded_bn'] else 'separate'} | "
                      f"{'channels_last' if r['channels_last'] else 'contiguous'} | "
-                     f"{r['images_per_s']:.1f} | {r['images_per_cpu_s']:.1f} |")
-    lines += ["", "| activations entering | size | images | seconds | CPU seconds "
-                  "| images/s | shape |",
-              "|---|---:|---:|---:|---:|---:|---|"]
+                     f"{r['images_per_s']:.1f} | {r['images_per_s_best']:.1f} |")
+    lines += ["", "| activations entering | size | images | seconds | images/s | shape |",
+              "|---|---:|---:|---:|---:|---|"]
     for r in result["cache"]:
         lines.append(f"| block {r['block']} | {r['size']} | {r['n_images']} | "
-                     f"{r['seconds']:.2f} | {r['cpu_seconds']:.2f} | "
-                     f"{r['images_per_s']:.1f} | "
+                     f"{r['seconds']:.2f} | {r['images_per_s']:.1f} | "
                      f"{'x'.join(map(str, r['activation_shape']))} |")
     env = result["environment"]
     lines += ["", f"torch {env['torch']}, {env['threads']} threads on "

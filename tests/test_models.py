@@ -561,6 +561,8 @@ def test_bench_models_small_run_writes_table_and_json(tmp_path):
     result = json.loads(out.read_text())
     forward = result["forward"]
     assert len(forward) == 2 * 2 * 2  # batches x folded x channels_last
-    assert all(r["images_per_s"] > 0 for r in forward)
+    assert all(0 < r["images_per_s"] <= r["images_per_s_best"] for r in forward)
+    assert {(r["folded_bn"], r["channels_last"]) for r in forward} == {
+        (False, False), (False, True), (True, False), (True, True)}
     shapes = {r["block"]: r["activation_shape"] for r in result["cache"]}
     assert shapes == {8: [80, 2, 2], 11: [112, 2, 2]}
