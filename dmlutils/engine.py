@@ -17,6 +17,11 @@ Two ways to feed the model, one loop:
 
 The run record (JSON, written atomically) holds the profile, loss, hyper-parameters,
 seed, git commit, device, wall time, every evaluation and the final metrics.
+
+Several processes (`torchrun --nproc_per_node N -m dmlutils train ...`, see
+`dmlutils.distributed`): each computes its share of the global P x K batch, the loss sees
+the gathered global batch, DDP averages the gradients, and the main process evaluates and
+writes checkpoints and records. `xbm_size > 0` adds a cross-batch memory (`dmlutils.xbm`).
 """
 from __future__ import annotations
 
@@ -38,9 +43,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import __version__
+from . import distributed
 from .losses import get_loss, hparams_of
 from .metrics import evaluate
 from .samplers import PKSampler
+from .xbm import with_cross_batch_memory
 
 RECORD_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -266,32 +273,50 @@ def test_metrics(embeddings: torch.Tensor, labels, ks) -> dict:
 
 
 class _Feeder:
-    """Turns a list of sample indices (a P x K batch) at a given step into a model input."""
+    """Turns a list of sample indices (this rank's share of a P x K batch) at a given step
+    into a model input. Random draws depend on (seed, step, rank) only, so a resumed run
+    repeats them; per-sample draws are made for the whole global batch and sliced, so N
+    processes draw what one process would."""
 
-    def __init__(self, config, train, cache, device):
+    def __init__(self, config, train, cache, device, rank: int = 0, world_size: int = 1):
         self.config, self.train, self.cache, self.device = config, train, cache, device
+        self.rank, self.world_size = rank, world_size
 
     def batches(self, sampler, start, count):
         if self.cache is not None:
             views = self.cache["train"].shape[1]
             for step, indices in enumerate(pk_batches(sampler, start, count), start):
                 idx = torch.as_tensor(indices)
-                view = torch.randint(views, (len(idx),), generator=step_generator(self.config["seed"], step, 1))
+                n = len(idx)
+                global_views = torch.randint(views, (n * self.world_size,), generator=step_generator(self.config["seed"], step, 1))
+                view = global_views[self.rank * n : (self.rank + 1) * n]
                 x = self.cache["train"][idx, view].to(self.device, torch.float32)
                 yield x, self.cache["train_labels"][idx].to(self.device)
             return
-        # Images: a fresh loader per segment whose worker seeds depend on (seed, start) only.
+        # Images: a fresh loader per segment whose worker seeds depend on (seed, start, rank) only.
         batches = list(pk_batches(sampler, start, count))
-        torch.manual_seed(int(step_generator(self.config["seed"], start, 2).initial_seed()) % 2**63)
+        torch.manual_seed(int(step_generator(self.config["seed"], start, 2 + 10 * self.rank).initial_seed()) % 2**63)
         loader = DataLoader(
             self.train,
             batch_sampler=batches,
             num_workers=self.config["num_workers"],
-            generator=step_generator(self.config["seed"], start, 3),
+            generator=step_generator(self.config["seed"], start, 3 + 10 * self.rank),
             persistent_workers=False,
         )
         for images, labels in loader:
             yield images.to(self.device), torch.as_tensor(labels).to(self.device)
+
+
+class _FromCachedBlock(nn.Module):
+    """The trainable tail as a module whose forward starts at the cached block: DDP only
+    synchronises gradients of its wrapped module's own forward."""
+
+    def __init__(self, model: nn.Module, block: int):
+        super().__init__()
+        self.model, self.block = model, block
+
+    def forward(self, activations):
+        return self.model.forward_from_block(activations, self.block)
 
 
 def _trainable_parameters(model, config):
@@ -322,16 +347,28 @@ def train(
     `stop_after=n` stops after the evaluation at iteration n (a checkpoint exists there):
     used by the resume test to simulate an interrupted run.
     """
-    run_dir = Path(run_dir)
+    owns_process_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    context = distributed.setup_from_env(device)  # a single process unless launched by torchrun
+    try:
+        return _train(config, Path(run_dir), context, resume, root, record_path, stop_after, progress)
+    finally:
+        if owns_process_group:
+            distributed.cleanup()
+
+
+def _train(config, run_dir, context, resume, root, record_path, stop_after, progress) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = run_dir / "checkpoint.pt"
-    device = torch.device(device) if device is not None else default_device()
+    device = context.device
+    is_main = context.is_main
     torch.manual_seed(config["seed"])
 
     train_set, test_set = build_datasets(config, root)
     model = build_model(config).to(device)
     labels_array = np.asarray(train_set.labels)
-    loss_fn = build_loss(config, int(labels_array.max()) + 1, model.embedding_dim).to(device)
+    base_loss = build_loss(config, int(labels_array.max()) + 1, model.embedding_dim)
+    # The loss sees the global batch (all processes' rows) and, optionally, a memory of past batches.
+    loss_fn = distributed.GlobalBatchLoss(with_cross_batch_memory(base_loss, config["xbm_size"])).to(device)
 
     cache = None
     if config["cache_views"]:
@@ -343,15 +380,20 @@ def train(
     ]
     optimizer = torch.optim.Adam([g for g in groups if g["params"]], weight_decay=config["weight_decay"])
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config["lr_milestones"]), gamma=config["lr_gamma"])
-    sampler = PKSampler(labels_array, p=config["p"], k=config["k"], seed=config["seed"])
-    feeder = _Feeder(config, train_set, cache, device)
+    sampler = PKSampler(
+        labels_array, p=config["p"], k=config["k"], seed=config["seed"], num_replicas=context.world_size, rank=context.rank
+    )
+    feeder = _Feeder(config, train_set, cache, device, context.rank, context.world_size)
+    cached_block = config["cache_from_block"] if cache is not None else None
+    train_module = distributed.wrap_model(_FromCachedBlock(model, cached_block) if cache is not None else model, context)
 
     record = {
         "record_version": RECORD_VERSION,
         "kind": "train",
         "profile": config["profile"],
         "loss": config["loss"],
-        "loss_hparams": hparams_of(loss_fn),
+        "loss_hparams": hparams_of(base_loss),
+        "world_size": context.world_size,
         "seed": config["seed"],
         "config": config,
         "git": git_commit(),
@@ -381,9 +423,11 @@ def train(
 
     test_source = cache["test"] if cache is not None else test_set
     test_labels = np.asarray(test_set.labels)
-    cached_block = config["cache_from_block"] if cache is not None else None
 
     def evaluate_and_checkpoint(step: int, train_loss: float | None, segment_seconds: float) -> None:
+        if not is_main:  # the main process evaluates and writes; the others wait for it
+            distributed.barrier()
+            return
         t0 = time.perf_counter()
         embeddings = embed(model, test_source, config, device, cached_block)
         metrics = test_metrics(embeddings, test_labels, config["eval_ks"])
@@ -398,19 +442,20 @@ def train(
             "step": step,
         }
         atomic_write_bytes(checkpoint_path, lambda f: torch.save(state, f))
+        distributed.barrier()
 
     if step == 0 and not record["evaluations"]:
         evaluate_and_checkpoint(0, None, 0.0)
-    bar = tqdm(total=config["iterations"], initial=step, desc=f"{config['loss']}", disable=not progress)
+    bar = tqdm(total=config["iterations"], initial=step, desc=f"{config['loss']}", disable=not (progress and is_main))
     while step < config["iterations"]:
         if stop_after is not None and step >= stop_after:
             break
         segment = min(config["eval_every"] - step % config["eval_every"], config["iterations"] - step)
         t0, losses = time.perf_counter(), []
-        model.train()
+        train_module.train()
+        loss_fn.train()
         for x, y in feeder.batches(sampler, step, segment):
-            embeddings = model.forward_from_block(x, cached_block) if cache is not None else model(x)
-            loss = loss_fn(embeddings, y)
+            loss = loss_fn(train_module(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -422,7 +467,7 @@ def train(
         evaluate_and_checkpoint(step, float(np.mean(losses)), time.perf_counter() - t0)
     bar.close()
 
-    if step >= config["iterations"]:
+    if step >= config["iterations"] and is_main:
         record["final"] = {"iteration": step, **record["evaluations"][-1]["metrics"]}
         best = max(record["evaluations"], key=lambda e: e["metrics"]["recall@1"])
         record["best_on_test"] = {"iteration": best["iteration"], **best["metrics"]}
