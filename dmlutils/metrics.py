@@ -119,8 +119,10 @@ def _as_embedding_tensor(embeddings, name: str) -> Tensor:
                 f"{name} must be a 2-D array or tensor of shape (samples, dim); "
                 f"could not convert {type(embeddings).__name__}: {error}"
             ) from error
-        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-            raise ValueError(f"{name} must be numeric, got dtype {array.dtype}.")
+        if np.iscomplexobj(array) or not (
+            np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
+        ):
+            raise ValueError(f"{name} must be real numbers, got dtype {array.dtype}.")
         tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     if tensor.dim() != 2:
         raise ValueError(
@@ -128,7 +130,7 @@ def _as_embedding_tensor(embeddings, name: str) -> Tensor:
             "flatten each sample's embedding, e.g. x.reshape(len(x), -1)."
         )
     if tensor.is_complex():
-        raise ValueError(f"{name} must be real, got dtype {tensor.dtype}.")
+        raise ValueError(f"{name} must be real numbers, got dtype {tensor.dtype}.")
     if tensor.dtype != torch.float32:
         tensor = tensor.to(torch.float32)
     if tensor.shape[1] == 0:

@@ -407,6 +407,8 @@ def test_retrieval_metrics_from_neighbours_matches_evaluate():
         (np.zeros(5), np.zeros(5), {}, r"must be 2-D"),
         (np.ones((1, 3)), np.zeros(1), {}, r"at least 2 samples"),
         (np.ones((5, 3)), np.zeros((5, 1)), {}, r"labels must be 1-D"),
+        (np.ones((5, 3), dtype=complex), np.zeros(5), {}, r"must be real numbers, got dtype complex128"),
+        (np.array([["a", "b"], ["c", "d"]]), np.zeros(2), {}, r"must be real numbers"),
         (np.ones((5, 3)), np.zeros(5), {"ks": (1, 0)}, r"positive int, got 0"),
         (np.ones((5, 3)), np.zeros(5), {"ks": (1, 2.5)}, r"positive int, got 2.5"),
         (np.ones((5, 3)), np.zeros(5), {"ks": ()}, r"ks is empty"),
