@@ -87,6 +87,18 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+_CODE_VERSION: dict | None = None
+
+
+def code_version() -> dict:
+    """The commit of the code this process imported: read once, at import (see below), so a
+    record made by a long run names the code it ran, not what the tree holds when it ends."""
+    global _CODE_VERSION
+    if _CODE_VERSION is None:
+        _CODE_VERSION = git_commit()
+    return _CODE_VERSION
+
+
 def git_commit() -> dict:
     """The commit this code runs from (and whether the tree had uncommitted changes)."""
     def run(*args):
@@ -396,7 +408,7 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
         "world_size": context.world_size,
         "seed": config["seed"],
         "config": config,
-        "git": git_commit(),
+        "git": code_version(),
         "device": str(device),
         "environment": environment(),
         "data": {"train_images": len(train_set), "test_images": len(test_set), "root": str(getattr(train_set, "root", ""))},
@@ -499,7 +511,7 @@ def baseline(config: dict, root=None, record_path=None, device=None) -> dict:
         "description": f"{config['backbone']} ImageNet features, global {config['pooling']} pooling, no training",
         "seed": config["seed"],
         "config": config,
-        "git": git_commit(),
+        "git": code_version(),
         "device": str(device),
         "environment": environment(),
         "data": {"test_images": len(test_set), "root": str(getattr(test_set, "root", ""))},
@@ -510,3 +522,6 @@ def baseline(config: dict, root=None, record_path=None, device=None) -> dict:
     if record_path is not None:
         write_json(Path(record_path), record)
     return record
+
+
+code_version()  # at import: the code in memory is the code of this commit
