@@ -179,6 +179,9 @@ def test_tables_and_figures_of_the_notebooks_are_on_the_pages(book_root, rendere
         for image in images:
             source = (html / page).parent / image["src"]
             assert source.is_file() and source.stat().st_size > 1000, f"{page}: missing image {image['src']}"
+            # the theme scales a wide figure down to the column's width; a fixed height
+            # attribute (set for "retina" PNGs) would then squash it
+            assert not image.get("height"), f"{page}: {image['src']} has a fixed height and will be distorted"
         totals = {k: totals[k] + expected[k] for k in totals}
     assert totals["tables"] >= 5 and totals["figures"] >= 5, totals
 
