@@ -215,6 +215,9 @@ def execute_chapter(
             cwd=str(cwd) if cwd else None,
             progress_bar=False,
             log_output=False,
+            # the kernel's own log (e.g. ipykernel's notice that a local kernel talks
+            # over TCP) is noise here; what a cell prints or raises is in the notebook
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
         )
     except PapermillExecutionError as error:
         import nbformat
