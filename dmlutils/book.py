@@ -5,6 +5,8 @@
     python -m dmlutils.book --only 03 --skip-build
     python -m dmlutils.book --write-toc           # regenerate _toc.yml from notebooks/
     python -m dmlutils.book --strip               # remove outputs from the source notebooks
+    python -m dmlutils.book --new 06_training "Training"   # a new chapter with the opening cells
+    python -m dmlutils.book --sync-colab          # badges + install cells -> _config.yml's repository
 
 The chapters are the source notebooks `notebooks/NN_*.ipynb` (NN two digits), run in
 the order of their names, then the appendix notebooks `notebooks/A<N>_*.ipynb`. Each is
@@ -46,16 +48,19 @@ __all__ = [
     "add_book_arguments",
     "build_book",
     "chapter_notebooks",
+    "colab_badge",
     "cub_found",
     "default_profile",
     "execute_chapter",
     "main",
+    "new_chapter",
     "provenance_markdown",
     "render_toc",
     "run_book",
     "run_book_command",
     "show_provenance",
     "strip_notebook",
+    "sync_colab",
     "write_toc",
 ]
 
@@ -343,6 +348,103 @@ def write_toc(root: str | os.PathLike = ".", notebooks_dir: str = "notebooks") -
 
 # --- source notebooks ----------------------------------------------------------------------------
 
+PARAMETERS_SOURCE = """# Parameters: `python -m dmlutils.book` overrides these (papermill).
+# profile: smoke (synthetic data), cpu or paper (CUB-200-2011), see the intro
+profile = "smoke"
+seed = 0
+data_root = None  # None: $DML_DATA, else ./data
+results_dir = "results"  # run records and benchmark reports"""
+
+
+def repository(root: str | os.PathLike = ".") -> tuple[str, str]:
+    """(url, branch) of the book's repository, from `_config.yml` (`repository:`)."""
+    import yaml
+
+    config = yaml.safe_load((Path(root) / "_config.yml").read_text(encoding="utf-8")) or {}
+    repo = config.get("repository") or {}
+    url = str(repo.get("url", "")).rstrip("/")
+    if not url.startswith("https://github.com/"):
+        raise BookError(f"_config.yml's repository: url: must be a https://github.com/<owner>/<name> URL, got {url!r}.")
+    return url, str(repo.get("branch", "main"))
+
+
+def colab_badge(url: str, branch: str, filename: str) -> str:
+    """Markdown of the "Open in Colab" badge for notebooks/<filename> of the repository."""
+    slug = url.removeprefix("https://github.com/")
+    return (
+        "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+        f"(https://colab.research.google.com/github/{slug}/blob/{branch}/notebooks/{filename})"
+    )
+
+
+def install_cell_source(url: str) -> str:
+    """The first code cell: installs dmlutils from the repository in Colab, nothing elsewhere."""
+    return (
+        "# In Colab, install dmlutils (with its image extras) from the book's\n"
+        "# repository; anywhere else this cell does nothing.\n"
+        "import sys\n\n"
+        'if "google.colab" in sys.modules:\n'
+        f'    !pip install --quiet "dmlutils[vision] @ git+{url}"'
+    )
+
+
+_BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\(https://colab\.research\.google\.com/github/[^)]*\)")
+_INSTALL_URL = re.compile(r"git\+https://github\.com/[^\s\"']+")
+
+
+def new_chapter(root: str | os.PathLike, name: str, title: str) -> Path:
+    """Create notebooks/<name>.ipynb with the book's opening cells: title and Colab badge,
+    Colab install cell, `parameters` cell, provenance; then update _toc.yml."""
+    import nbformat
+
+    root = Path(root)
+    filename = name if name.endswith(".ipynb") else f"{name}.ipynb"
+    if not (CHAPTER_PATTERN.match(filename) or APPENDIX_PATTERN.match(filename)):
+        raise BookError(f"chapter name {name!r} must look like 06_training (two digits) or A2_notes (appendix).")
+    path = root / "notebooks" / filename
+    if path.exists():
+        raise BookError(f"{path} already exists.")
+    url, branch = repository(root)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
+    install = nbformat.v4.new_code_cell(install_cell_source(url))
+    install.metadata["tags"] = ["remove-cell"]
+    parameters = nbformat.v4.new_code_cell(PARAMETERS_SOURCE)
+    parameters.metadata["tags"] = ["parameters", "remove-cell"]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(f"# {title}\n\n{colab_badge(url, branch, filename)}\n\nWhat this chapter teaches, in one paragraph."),
+        install,
+        parameters,
+        nbformat.v4.new_code_cell("from dmlutils.book import show_provenance\n\nshow_provenance(profile, seed)"),
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(path, nbformat.writes(nb) + "\n")
+    write_toc(root)
+    return path
+
+
+def sync_colab(root: str | os.PathLike = ".") -> list[Path]:
+    """Point every chapter's badge and install cell at `_config.yml`'s repository; the changed files."""
+    import nbformat
+
+    root = Path(root)
+    url, branch = repository(root)
+    changed = []
+    for path in chapter_notebooks(root / "notebooks"):
+        before = path.read_text(encoding="utf-8")
+        nb = nbformat.reads(before, as_version=4)
+        first_code = next((c for c in nb.cells if c.cell_type == "code"), None)
+        if not nb.cells or not _BADGE.search(nb.cells[0].source) or first_code is None or "google.colab" not in first_code.source:
+            raise BookError(f"{path} lacks the Colab badge in its first cell or the install cell; see new_chapter().")
+        badge = colab_badge(url, branch, path.name)
+        nb.cells[0].source = _BADGE.sub(lambda _: badge, nb.cells[0].source, count=1)
+        first_code.source = _INSTALL_URL.sub(lambda _: f"git+{url}", first_code.source)
+        after = nbformat.writes(nb) + "\n"
+        if after != before:
+            _atomic_write_text(path, after)
+            changed.append(path)
+    return changed
+
 
 def strip_notebook(path: str | os.PathLike) -> bool:
     """Remove outputs, execution counts and run metadata from a source notebook; True if it changed."""
@@ -475,6 +577,10 @@ def add_book_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", default=".", help="the book's root folder (holding _config.yml; default .)")
     parser.add_argument("--write-toc", action="store_true", help="only regenerate _toc.yml from notebooks/")
     parser.add_argument("--strip", action="store_true", help="only strip outputs from the source notebooks")
+    parser.add_argument("--new", nargs=2, metavar=("NAME", "TITLE"),
+                        help="only create notebooks/NAME.ipynb (e.g. 06_training \"Training\") with the opening cells")
+    parser.add_argument("--sync-colab", action="store_true",
+                        help="only point every badge and install cell at _config.yml's repository url")
 
 
 def run_book_command(args: argparse.Namespace) -> int:
@@ -489,6 +595,13 @@ def run_book_command(args: argparse.Namespace) -> int:
             for notebook in chapter_notebooks(root / "notebooks"):
                 if strip_notebook(notebook):
                     print(f"stripped {notebook}")
+            return 0
+        if args.new:
+            print(f"created {new_chapter(root, *args.new)}; _toc.yml updated")
+            return 0
+        if args.sync_colab:
+            for notebook in sync_colab(root):
+                print(f"updated {notebook}")
             return 0
         summary = run_book(
             profile=args.profile, seed=args.seed, data_root=args.data_root, results_dir=args.results_dir,

@@ -248,3 +248,55 @@ def test_provenance_names_profile_commit_and_time():
     assert "profile **smoke**" in text and "seed 7" in text
     assert re.search(r"commit (`[0-9a-f]{12}`|unknown)", text)
     assert re.search(r"executed \d{4}-\d\d-\d\d \d\d:\d\d UTC", text)
+
+
+# --- creating chapters and re-pointing the Colab cells ----------------------------------------------
+
+
+def book_root_copy(tmp_path: Path, url: str = REPO_URL) -> Path:
+    config = dict(CONFIG, repository=dict(CONFIG["repository"], url=url))
+    (tmp_path / "_config.yml").write_text(yaml.safe_dump(config))
+    (tmp_path / "notebooks").mkdir()
+    return tmp_path
+
+
+def test_repository_chapters_use_the_standard_install_cell():
+    for path in NOTEBOOKS:
+        first_code = code_cells(nbformat.read(path, as_version=4))[0]
+        assert first_code.source == book.install_cell_source(REPO_URL), f"{path.name}: run --sync-colab"
+
+
+def test_new_chapter_has_the_opening_cells_and_joins_the_toc(tmp_path):
+    root = book_root_copy(tmp_path, "https://github.com/someone/fork")
+    path = book.new_chapter(root, "06_training", "Training")
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.cells[0].source.startswith("# Training")
+    assert "https://colab.research.google.com/github/someone/fork/blob/main/notebooks/06_training.ipynb" in nb.cells[0].source
+    assert code_cells(nb)[0].source == book.install_cell_source("https://github.com/someone/fork")
+    assert [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert "book/chapters/06_training" in (root / "_toc.yml").read_text()
+    with pytest.raises(book.BookError, match="already exists"):
+        book.new_chapter(root, "06_training", "Training")
+    with pytest.raises(book.BookError, match="must look like"):
+        book.new_chapter(root, "training", "Training")
+
+
+def test_sync_colab_repoints_badge_and_install_cell(tmp_path):
+    root = book_root_copy(tmp_path, "https://github.com/old/place")
+    path = book.new_chapter(root, "07_main_table", "Main table")
+    config = yaml.safe_load((root / "_config.yml").read_text())
+    config["repository"]["url"] = "https://github.com/new/home"
+    (root / "_config.yml").write_text(yaml.safe_dump(config))
+    assert book.sync_colab(root) == [path]
+    nb = nbformat.read(path, as_version=4)
+    assert "github/new/home/blob/main/notebooks/07_main_table.ipynb" in nb.cells[0].source
+    assert "old/place" not in nb.cells[0].source and "old/place" not in code_cells(nb)[0].source
+    assert code_cells(nb)[0].source == book.install_cell_source("https://github.com/new/home")
+    assert book.sync_colab(root) == []  # idempotent
+
+
+def test_repository_url_must_be_github(tmp_path):
+    root = book_root_copy(tmp_path, "http://example.org/x")
+    with pytest.raises(book.BookError, match="https://github.com/<owner>/<name>"):
+        book.repository(root)
