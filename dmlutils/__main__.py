@@ -2,6 +2,7 @@
 
     python -m dmlutils train --profile cpu --loss multi_similarity --set loss.beta=50 --set iterations=300
     python -m dmlutils train --profile cpu --loss multi_similarity --resume
+    python -m dmlutils ablation ms_no_mining --profile cpu
     python -m dmlutils baseline --profile cpu
     python -m dmlutils profiles
 """
@@ -41,6 +42,12 @@ def main(argv=None) -> int:
     train_parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     train_parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    ablation_parser = commands.add_parser("ablation", help="train one run of the ablation matrix (dmlutils.ablations)")
+    common(ablation_parser)
+    ablation_parser.add_argument("name", help="e.g. ms_no_mining; see dmlutils/ablations.py")
+    ablation_parser.add_argument("--resume", action="store_true")
+    ablation_parser.add_argument("--quiet", action="store_true")
+
     baseline_parser = commands.add_parser("baseline", help="evaluate the pretrained backbone's pooled features")
     common(baseline_parser)
 
@@ -53,10 +60,18 @@ def main(argv=None) -> int:
             return 0
         from . import engine
 
-        if args.command == "train":
-            config = make_config(args.profile, args.loss, parse_set_arguments(args.set))
-            name = args.name or args.loss
-            run_dir = args.run_dir or Path("runs") / args.profile / name
+        if args.command in ("train", "ablation"):
+            if args.command == "ablation":
+                from .ablations import ablation
+
+                loss, overrides = ablation(args.name)
+                overrides = {**{k: str(v) for k, v in overrides.items()}, **parse_set_arguments(args.set)}
+                name, run_dir = args.name, None
+            else:
+                loss, overrides = args.loss, parse_set_arguments(args.set)
+                name, run_dir = args.name or args.loss, args.run_dir
+            config = make_config(args.profile, loss, overrides)
+            run_dir = run_dir or Path("runs") / args.profile / name
             record_path = _record_path(args, name)
             record = engine.train(config, run_dir, resume=args.resume, root=args.root, record_path=record_path, progress=not args.quiet, device=args.device)
         else:

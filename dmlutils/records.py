@@ -25,6 +25,26 @@ def load_records(profile: str, results_dir=None) -> dict[str, dict]:
     return records
 
 
+def ensure_records(profile: str, runs: dict[str, tuple[str, dict]], results_dir=None, train_missing=False, root=None) -> dict[str, dict]:
+    """The finished records of `runs` ({name: (loss, overrides)}); with `train_missing`,
+    first train the ones that have none (the book does this at the smoke profile only,
+    where a run takes seconds)."""
+    from .engine import train
+    from .profiles import make_config
+
+    folder = Path(results_dir or DEFAULT_RESULTS)
+    existing = load_records(profile, folder)
+    if train_missing:
+        for name, (loss, overrides) in runs.items():
+            if name in existing:
+                continue
+            config = make_config(profile, loss, {k: str(v) for k, v in overrides.items()})
+            record_path = folder / profile / f"{name}.json"
+            train(config, Path("runs") / profile / name, record_path=record_path, root=root, progress=False)
+        existing = load_records(profile, folder)
+    return {name: existing[name] for name in runs if name in existing}
+
+
 def learning_curve(record: dict, metric: str = "recall@1") -> tuple[list[int], list[float]]:
     """(iterations, metric values) of a record's evaluations."""
     evaluations = record["evaluations"]
