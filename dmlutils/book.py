@@ -529,10 +529,14 @@ def run_book(
 ) -> RunSummary:
     """Execute the chapters in order, then build the book (see the module docstring)."""
     root = Path(root).resolve()
-    profile = profile or default_profile(data_root)
+    if data_root is not None:  # the kernels run in `root`: hand them an absolute path
+        data_root = str(Path(data_root).expanduser().resolve())
+    # where the kernels will look: the argument, else $DML_DATA, else <root>/data
+    looked_up = data_root if data_root is not None or os.environ.get("DML_DATA") else root / "data"
+    profile = profile or default_profile(looked_up)
     if profile not in PROFILES:
         raise BookError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}.")
-    check_profile_data(profile, data_root)
+    check_profile_data(profile, looked_up)
     chapters = select_chapters(chapter_notebooks(root / notebooks_dir), only)
     if write_toc(root, notebooks_dir):
         log("_toc.yml updated from the notebooks present (commit it).")

@@ -300,3 +300,13 @@ def test_repository_url_must_be_github(tmp_path):
     root = book_root_copy(tmp_path, "http://example.org/x")
     with pytest.raises(book.BookError, match="https://github.com/<owner>/<name>"):
         book.repository(root)
+
+
+def test_default_data_root_is_the_books_root_not_the_callers_cwd(tmp_path, monkeypatch):
+    monkeypatch.delenv("DML_DATA", raising=False)
+    root = tmp_path / "book"
+    fake_cub(root / "data")
+    (root / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path)  # ./data does not exist here
+    summary = book.run_book(root=root, skip_build=True, log=lambda *_: None)
+    assert summary.profile == "cpu" and summary.executed == []
