@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: tqdm.auto warns in notebooks without ipywidgets
 
 from . import __version__
 from . import distributed
@@ -489,7 +489,7 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
     return record
 
 
-def baseline(config: dict, root=None, record_path=None, device=None) -> dict:
+def baseline(config: dict, root=None, record_path=None, device=None, progress: bool = True) -> dict:
     """The pretrained backbone's globally pooled features, no metric learning: the floor."""
     device = torch.device(device) if device is not None else default_device()
     _, test_set = build_datasets(config, root)
@@ -501,7 +501,7 @@ def baseline(config: dict, root=None, record_path=None, device=None) -> dict:
     model = EmbeddingModel(backbone, embedding_dim=None, pooling=config["pooling"], freeze_bn=True).to(device)
     model = model.to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
-    embeddings = embed(model, test_set, config, device, progress=True)
+    embeddings = embed(model, test_set, config, device, progress=progress)
     metrics = test_metrics(embeddings, np.asarray(test_set.labels), config["eval_ks"])
     record = {
         "record_version": RECORD_VERSION,
@@ -516,6 +516,7 @@ def baseline(config: dict, root=None, record_path=None, device=None) -> dict:
         "environment": environment(),
         "data": {"test_images": len(test_set), "root": str(getattr(test_set, "root", ""))},
         "wall_time_seconds": time.perf_counter() - t0,
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "evaluations": [{"iteration": 0, "train_loss": None, "metrics": metrics}],
         "final": {"iteration": 0, **metrics},
     }
