@@ -79,6 +79,7 @@ def run(batches=(80,), dim=512, device="cpu", min_run_time=1.0, skip_loop_above=
         "machine": platform.processor() or platform.machine(),
         "python": sys.version.split()[0],
         "dim": dim,
+        "load_average_before": os.getloadavg(),
         "multi_similarity": {},
         "all_losses": {},
     }
@@ -100,13 +101,16 @@ def run(batches=(80,), dim=512, device="cpu", min_run_time=1.0, skip_loop_above=
             )
             for name in sorted(LOSSES)
         }
+    report["load_average_after"] = os.getloadavg()
     return report
 
 
 def markdown(report: dict) -> str:
     lines = [
         f"Forward + backward on {report['device']} ({report['threads']} threads, torch {report['torch']}), "
-        f"embeddings of size {report['dim']}, P x K batches with K = 5; median times.",
+        f"embeddings of size {report['dim']}, P x K batches with K = 5; median times. "
+        f"Load average before / after: {report['load_average_before'][0]:.1f} / {report['load_average_after'][0]:.1f} "
+        "(other work on the machine slows every contender; the ratios are from one run).",
         "",
         "| batch | contender | time (ms) | ours is faster by |",
         "|---|---|---|---|",
@@ -137,12 +141,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per measurement")
-    parser.add_argument("--out", type=Path, help="write the JSON report here")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, help="write the JSON report (and a .md table beside it) here")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     report = run(args.batch, args.dim, args.device, args.min_run_time)
     print(markdown(report))
     if args.out:
         write_json_atomically(report, args.out)
+        args.out.with_suffix(".md").write_text(markdown(report) + "\n")
     return report
 
 
