@@ -2,8 +2,9 @@
 
 Which book: `DML_BOOK_ROOT` (a folder holding `_build/html` and the executed chapters in
 `book/chapters/`), else this repository if its `_build/html` is newer than every source
-notebook, else the smoke-profile book built here from a copy of the sources (about 1.5
-minutes on 2 cores). For every page of `_toc.yml` the test checks, in the DOM after
+notebook, else the smoke-profile book built here from a copy of the sources and run records
+(the theory chapters take about a minute on 2 cores; training chapters train the
+smoke runs whose records are missing). For every page of `_toc.yml` the test checks, in the DOM after
 JavaScript ran (`chromium --dump-dom`):
 
 * math was typeset by the offline MathJax (`mjx-container` for every math element Sphinx
@@ -86,6 +87,8 @@ def book_root(tmp_path_factory) -> Path:
             shutil.copy2(REPO / name, root / name)
     shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("chapters"))
     shutil.copytree(REPO / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".*"))
+    if (REPO / "results").is_dir():  # run records (small JSON files) the training chapters read
+        shutil.copytree(REPO / "results", root / "results")
     book.run_book(profile="smoke", root=root, log=lambda *_: None)
     return root
 
@@ -108,8 +111,8 @@ def rendered(book_root):
         path = html / f"{page}.html"
         url = path.resolve().as_uri()
         shot = SCREENSHOTS / f"{Path(page).name}.png"
-        dumped = chromium("--dump-dom", url)
-        chromium(f"--screenshot={shot}", "--window-size=1280,2000", url)
+        # one browser run: the DOM after JavaScript on stdout, the screenshot to a file
+        dumped = chromium("--dump-dom", f"--screenshot={shot}", "--window-size=1280,2000", url)
         static = bs4.BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
         return page, (static, bs4.BeautifulSoup(dumped.stdout, "html.parser"), shot)
 
