@@ -1,5 +1,6 @@
 # The two commands a new user needs (see README): `make book` and `make test`.
 # Each creates .venv with the pinned versions first if it is missing or stale.
+# `make book PROFILE=smoke` runs the book on synthetic data (no CUB needed).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,15 +8,20 @@ PIP    := $(PY) -m pip
 
 LOSSES := contrastive triplet triplet_center npair quadruplet lifted_structure binomial_deviance multi_similarity ranked_list
 
-.PHONY: test venv bench results-cpu clean
+PROFILE ?=
+
+.PHONY: book test venv bench results-cpu clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch torchvision
-	$(PIP) install -q -c constraints.txt -e ".[dev,vision]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,vision,book]"
 	touch $@
 
 venv: $(VENV)/.installed
+
+book: $(VENV)/.installed
+	$(PY) -m dmlutils book $(if $(PROFILE),--profile $(PROFILE))
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

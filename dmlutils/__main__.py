@@ -1,10 +1,11 @@
-"""Command line: `python -m dmlutils train|baseline|profiles ...`.
+"""Command line: `python -m dmlutils train|ablation|baseline|profiles|book ...`.
 
     python -m dmlutils train --profile cpu --loss multi_similarity --set loss.beta=50 --set iterations=300
     python -m dmlutils train --profile cpu --loss multi_similarity --resume
     python -m dmlutils ablation ms_no_mining --profile cpu
     python -m dmlutils baseline --profile cpu
     python -m dmlutils profiles
+    python -m dmlutils book --profile smoke
 """
 from __future__ import annotations
 
@@ -53,7 +54,14 @@ def main(argv=None) -> int:
 
     commands.add_parser("profiles", help="print the profiles and their settings")
 
+    from .book import add_book_arguments, run_book_command
+
+    book_parser = commands.add_parser("book", help="execute every chapter with papermill and build the book")
+    add_book_arguments(book_parser)
+
     args = parser.parse_args(argv)
+    if args.command == "book":
+        return run_book_command(args)
     try:
         if args.command == "profiles":
             print(json.dumps(PROFILES, indent=2, default=list))
