@@ -23,6 +23,9 @@ ABLATIONS: dict[str, dict[str, tuple[str, dict]]] = {
     "lambda (threshold)": {f"ms_lam_{v:g}": (MS, {"loss.lam": float(v)}) for v in (0.3, 0.7)},
     "epsilon (mining margin)": {f"ms_epsilon_{v:g}": (MS, {"loss.epsilon": float(v)}) for v in (0.05, 0.2)},
     "embedding size": {f"ms_dim_{d}": (MS, {"embedding_dim": d}) for d in (64, 128)},
+    # Not an MS ablation: N-pair on unit vectors has logits in [-2, 2] (chapter 6); a scale
+    # stands for the embedding norms of Sohn's unnormalised setting.
+    "N-pair logit scale": {f"npair_scale_{s:g}": ("npair", {"loss.scale": float(s)}) for s in (10,)},
     "batch composition": {
         "ms_batch_8x10": (MS, {"p": 8, "k": 10}),
         "ms_batch_40x2": (MS, {"p": 40, "k": 2}),

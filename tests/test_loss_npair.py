@@ -32,9 +32,9 @@ def value_and_grad(loss_fn, embeddings, labels):
     return value.detach(), grad
 
 
-def npair_loop(embeddings, labels):
+def npair_loop(embeddings, labels, scale=1.0):
     """Sohn 2016, N-pair-mc: first and second sample of each class, then
-    1/N sum_i log(1 + sum_{j != i} exp(f_i . f+_j - f_i . f+_i)) on unit vectors."""
+    1/N sum_i log(1 + sum_{j != i} exp(s (f_i . f+_j - f_i . f+_i))) on unit vectors."""
     f = F.normalize(embeddings, dim=1)
     seen = {}
     for index, label in enumerate(labels.tolist()):
@@ -42,7 +42,7 @@ def npair_loop(embeddings, labels):
     pairs = [(members[0], members[1]) for members in seen.values() if len(members) >= 2]
     terms = []
     for a_i, p_i in pairs:
-        others = [torch.exp(f[a_i] @ f[p_j] - f[a_i] @ f[p_i]) for a_j, p_j in pairs if a_j != a_i]
+        others = [torch.exp(scale * (f[a_i] @ f[p_j] - f[a_i] @ f[p_i])) for a_j, p_j in pairs if a_j != a_i]
         terms.append(torch.log(1 + torch.stack(others).sum()))
     return torch.stack(terms).mean()
 
@@ -157,7 +157,21 @@ def test_float32_agrees_with_float64_and_stays_finite():
     assert value32.item() == pytest.approx(value64.item(), rel=1e-5)
 
 
-def test_takes_no_hyper_parameters():
+@pytest.mark.parametrize("scale", [0.5, 10.0, 64.0])
+def test_scaled_logits_match_the_loop_and_autograd(scale):
+    embeddings, labels = batch(11, LABEL_SETS[2])
+    ours, ours_grad = value_and_grad(NPairLoss(scale=scale), embeddings, labels)
+    loop, loop_grad = value_and_grad(lambda e, y: npair_loop(e, y, scale), embeddings, labels)
+    torch.testing.assert_close(ours, loop, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours_grad, loop_grad, rtol=1e-10, atol=1e-12)
+    S = random_similarity(3, len(labels), symmetric=False).requires_grad_()
+    (grad,) = torch.autograd.grad(NPairLoss(scale=scale).from_similarity(S, labels), S)
+    torch.testing.assert_close(NPairLoss(scale=scale).pair_weights(S.detach(), labels), -grad, rtol=0, atol=1e-10)
+
+
+def test_hyper_parameters():
     with pytest.raises(ValueError, match="unknown hyper-parameter"):
         get_loss("npair", margin=0.1)
-    assert isinstance(get_loss("npair"), NPairLoss)
+    assert isinstance(get_loss("npair"), NPairLoss) and get_loss("npair").scale == 1.0
+    with pytest.raises(ValueError, match="scale must be positive"):
+        NPairLoss(scale=0.0)

@@ -22,14 +22,27 @@ Deviations from the paper: Sohn's embeddings are unnormalised, with an L2 penalt
 their norms to keep the inner products bounded; here (the MS paper's setting) they are
 L2-normalised inside the loss, so the penalty is a constant and is omitted. A
 consequence: each difference S_{a_i p_j} - S_{a_i p_i} is at least -2 and, with no
-temperature, the loss stays above log(1 + (N - 1) e^{-2}) even for a perfect embedding.
+temperature, the loss stays above log(1 + (N - 1) e^{-2}) even for a perfect embedding,
+so every negative keeps a weight of order 1/N however well it is separated.
+
+`scale` (s, default 1: the loss above) multiplies the logits, s (S_{a_i p_j} - S_{a_i p_i}):
+on the unit sphere it stands for the norms Sohn's unnormalised embeddings grow to (it is
+1 / temperature in NT-Xent's terms). It is not part of Sohn's formula; the book uses it to
+show why the unscaled loss trains poorly on normalised embeddings.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .base import SimilarityLoss, check_similarity, differentiable_zero, log1p_sum_exp, softmax_with_one
+from .base import (
+    SimilarityLoss,
+    check_finite,
+    check_similarity,
+    differentiable_zero,
+    log1p_sum_exp,
+    softmax_with_one,
+)
 from .registry import register
 
 __all__ = ["npair_indices", "NPairLoss"]
@@ -52,15 +65,18 @@ def npair_indices(labels: Tensor) -> tuple[Tensor, Tensor]:
 class NPairLoss(SimilarityLoss):
     """Sohn's multi-class N-pair loss on one (first, second) sample pair per class."""
 
-    def __init__(self):
+    def __init__(self, scale: float = 1.0):
         super().__init__()
+        check_finite(scale=scale)
+        if scale <= 0:
+            raise ValueError(f"scale must be positive, got {scale}.")
+        self.scale = float(scale)
 
-    @staticmethod
-    def _relative_logits(S: Tensor, anchors: Tensor, positives: Tensor) -> tuple[Tensor, Tensor]:
-        # x_ij = S_{a_i p_j} - S_{a_i p_i}; the off-diagonal mask selects the N - 1 negatives.
+    def _relative_logits(self, S: Tensor, anchors: Tensor, positives: Tensor) -> tuple[Tensor, Tensor]:
+        # x_ij = s (S_{a_i p_j} - S_{a_i p_i}); the off-diagonal mask selects the N - 1 negatives.
         logits = S[anchors][:, positives]
         off_diagonal = ~torch.eye(len(anchors), dtype=torch.bool, device=S.device)
-        return logits - logits.diagonal()[:, None], off_diagonal
+        return self.scale * (logits - logits.diagonal()[:, None]), off_diagonal
 
     def from_similarity(self, S: Tensor, labels: Tensor) -> Tensor:
         check_similarity(S, labels)
@@ -73,7 +89,7 @@ class NPairLoss(SimilarityLoss):
     def pair_weights(self, S: Tensor, labels: Tensor) -> Tensor:
         """W = -dL/dS. With p_i. the softmax of row i of the N x N logits (target p_ii):
 
-        W[a_i, p_i] = (1 - p_ii) / N,  W[a_i, p_j] = -p_ij / N (j != i),  0 for unused pairs.
+        W[a_i, p_i] = s (1 - p_ii) / N,  W[a_i, p_j] = -s p_ij / N (j != i),  0 for unused pairs.
         softmax_with_one(x) gives p_ij for j != i (its extra logit 0 is the target's term).
         """
         check_similarity(S, labels)
@@ -85,5 +101,5 @@ class NPairLoss(SimilarityLoss):
         x, off_diagonal = self._relative_logits(S, anchors, positives)
         p_off = softmax_with_one(x, off_diagonal)
         block = torch.diag_embed(p_off.sum(dim=1)) - p_off  # 1 - p_ii = sum_{j != i} p_ij
-        W[anchors[:, None], positives[None, :]] = block / N
+        W[anchors[:, None], positives[None, :]] = self.scale * block / N
         return W
