@@ -180,3 +180,20 @@ def test_exact_duplicates_are_not_positives_as_in_the_official_code():
 def test_hyperparameter_validation():
     with pytest.raises(ValueError, match="alpha and beta must be positive"):
         MultiSimilarityLoss(alpha=0.0)
+
+
+@pytest.mark.parametrize(
+    "switches", [dict(), dict(mine_positives=False, mine_negatives=False), dict(weighting=False)]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_training_path_backward_from_pair_weights_equals_autograd(switches, dtype):
+    # forward() back-propagates the closed-form W (GPW) instead of building an autograd graph;
+    # it must give what autograd gives through the plain from_similarity path.
+    embeddings, labels = pk_batch(8, 5, dim=32, seed=13, spread=1.5, dtype=dtype)
+    embeddings = embeddings * torch.linspace(0.5, 3.0, len(labels), dtype=dtype)[:, None]  # unequal norms
+    loss = MultiSimilarityLoss(**switches)
+    fast = value_and_grad(loss, embeddings, labels)
+    plain = value_and_grad(lambda e, y: loss.from_similarity(cosine_similarity_matrix(e), y), embeddings, labels)
+    tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast[0], plain[0], **tolerance)
+    torch.testing.assert_close(fast[1], plain[1], **tolerance)

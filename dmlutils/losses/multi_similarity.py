@@ -18,7 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SimilarityLoss, check_similarity, label_masks, log1p_sum_exp, softmax_with_one
+from .base import (
+    SimilarityLoss,
+    _with_zero_column,
+    check_similarity,
+    label_masks,
+    log1p_sum_exp,
+    softmax_with_one,
+)
 from .registry import register
 
 # The official code drops "positives" with S >= 1 - 1e-5: they are taken to be the anchor
@@ -40,14 +47,18 @@ def multi_similarity_mining(
     positive, negative = label_masks(labels, reference_labels)
     S = S.detach()  # mining is a selection: no gradient flows through the thresholds
     positive = positive & (S < 1 - SELF_SIMILARITY_TOLERANCE)
-    hardest_positive = S.masked_fill(~positive, float("inf")).amin(dim=1, keepdim=True)
-    hardest_negative = S.masked_fill(~negative, float("-inf")).amax(dim=1, keepdim=True)
-    kept_negative = negative & (S + epsilon > hardest_positive) if mine_negatives else negative
-    kept_positive = positive & (S - epsilon < hardest_negative) if mine_positives else positive
-    # Without mining an anchor still needs both a positive and a negative (else the
-    # comparisons above are against +-inf and keep nothing).
-    kept_negative = kept_negative & positive.any(dim=1, keepdim=True)
-    kept_positive = kept_positive & negative.any(dim=1, keepdim=True)
+    # A side that is not mined keeps all its pairs, but only for anchors that have the other
+    # side at all (a mined side does this by itself: it compares with +-inf and keeps nothing).
+    if mine_negatives:
+        hardest_positive = S.masked_fill(~positive, float("inf")).amin(dim=1, keepdim=True)
+        kept_negative = negative & (S + epsilon > hardest_positive)
+    else:
+        kept_negative = negative & positive.any(dim=1, keepdim=True)
+    if mine_positives:
+        hardest_negative = S.masked_fill(~negative, float("-inf")).amax(dim=1, keepdim=True)
+        kept_positive = positive & (S - epsilon < hardest_negative)
+    else:
+        kept_positive = positive & negative.any(dim=1, keepdim=True)
     active = kept_positive.any(dim=1, keepdim=True) & kept_negative.any(dim=1, keepdim=True)
     return kept_positive & active, kept_negative & active
 
@@ -86,22 +97,41 @@ class MultiSimilarityLoss(SimilarityLoss):
             S, labels, self.epsilon, self.mine_positives, self.mine_negatives, reference_labels
         )
 
-    def _logits(self, S: Tensor) -> tuple[Tensor, Tensor]:
-        return -self.alpha * (S - self.lam), self.beta * (S - self.lam)
+    def _logits(self, S: Tensor) -> Tensor:
+        """Stacked (positive, negative) logits -alpha (S - lam) and beta (S - lam): one
+        batched log-sum-exp serves both sides (fewer small ops; this loss is op-bound)."""
+        shifted = S - self.lam
+        return torch.stack((shifted * -self.alpha, shifted * self.beta))
 
     def from_similarity(self, S: Tensor, labels: Tensor, reference_labels: Tensor | None = None) -> Tensor:
         check_similarity(S, labels, reference_labels)
-        kept_positive, kept_negative = self.mined_pairs(S, labels, reference_labels)
-        positive_logits, negative_logits = self._logits(S)
+        kept = torch.stack(self.mined_pairs(S, labels, reference_labels))
+        logits = self._logits(S)
         if self.weighting:
-            positive_term = log1p_sum_exp(positive_logits, kept_positive)
-            negative_term = log1p_sum_exp(negative_logits, kept_negative)
+            terms = log1p_sum_exp(logits, kept)  # (2, anchors): log(1 + sum_kept e^logit)
         else:
-            zero = torch.zeros_like(S)
-            positive_term = torch.where(kept_positive, F.softplus(positive_logits), zero).sum(dim=1)
-            negative_term = torch.where(kept_negative, F.softplus(negative_logits), zero).sum(dim=1)
-        per_anchor = positive_term / self.alpha + negative_term / self.beta
-        return per_anchor.sum() / S.shape[0]
+            terms = torch.where(kept, F.softplus(logits), torch.zeros_like(logits)).sum(dim=-1)
+        return (terms[0].sum() / self.alpha + terms[1].sum() / self.beta) / S.shape[0]
+
+    def value_and_pair_weights(self, S: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(loss, W) from one pass of mining and one log-sum-exp: training's fast path
+        (`SimilarityLoss.forward` then back-propagates W directly)."""
+        kept = torch.stack(self.mined_pairs(S, labels))
+        logits = self._logits(S)
+        if self.weighting:
+            # log(1 + sum e^x) and its softmax from one exp: shift by the row max (>= 0,
+            # the padded logit 0 included), so exp never overflows (beta = 200 is fine).
+            padded = _with_zero_column(logits, kept)
+            shift = padded.amax(dim=-1, keepdim=True)
+            exp = torch.exp(padded - shift)
+            total = exp.sum(dim=-1, keepdim=True)
+            terms = (shift + total.log()).squeeze(-1)
+            weights = exp[..., 1:] / total
+        else:
+            terms = torch.where(kept, F.softplus(logits), torch.zeros_like(logits)).sum(dim=-1)
+            weights = torch.sigmoid(logits) * kept
+        batch = S.shape[0]
+        return (terms[0].sum() / self.alpha + terms[1].sum() / self.beta) / batch, (weights[0] - weights[1]) / batch
 
     def pair_weights(self, S: Tensor, labels: Tensor, reference_labels: Tensor | None = None) -> Tensor:
         """W = -dL/dS: the paper's w+ on kept positives, -w- on kept negatives, over batch size.
@@ -111,12 +141,10 @@ class MultiSimilarityLoss(SimilarityLoss):
         and w- likewise with beta and the kept negatives — a softmax with an extra logit 0.
         """
         check_similarity(S, labels, reference_labels)
-        kept_positive, kept_negative = self.mined_pairs(S, labels, reference_labels)
-        positive_logits, negative_logits = self._logits(S)
+        kept = torch.stack(self.mined_pairs(S, labels, reference_labels))
+        logits = self._logits(S)
         if self.weighting:
-            w_positive = softmax_with_one(positive_logits, kept_positive)
-            w_negative = softmax_with_one(negative_logits, kept_negative)
+            weights = softmax_with_one(logits, kept)
         else:
-            w_positive = torch.sigmoid(positive_logits) * kept_positive
-            w_negative = torch.sigmoid(negative_logits) * kept_negative
-        return (w_positive - w_negative) / S.shape[0]
+            weights = torch.sigmoid(logits) * kept
+        return (weights[0] - weights[1]) / S.shape[0]
