@@ -138,8 +138,9 @@ def label_masks(labels: Tensor, reference_labels: Tensor | None = None) -> tuple
     """
     reference_labels = labels if reference_labels is None else reference_labels
     same = labels[:, None] == reference_labels[None, :]
-    itself = torch.eye(len(labels), len(reference_labels), dtype=torch.bool, device=labels.device)
-    return same & ~itself, ~same
+    positive = same.clone()
+    positive.fill_diagonal_(False)  # reference i is anchor i itself (the first references are the anchors)
+    return positive, ~same
 
 
 def euclidean_from_similarity(S: Tensor, eps: float = 1e-12) -> Tensor:
@@ -204,7 +205,7 @@ def _with_zero_column(x: Tensor, mask: Tensor) -> Tensor:
     # The "1 +" of log(1 + sum e^x) is an extra logit 0; masked-out entries become -inf.
     # With the 0 column present a row is never all -inf, so logsumexp and its gradient
     # stay finite even for a row with nothing in the mask.
-    masked = x.masked_fill(~mask, float("-inf"))
+    masked = torch.where(mask, x, float("-inf"))
     return torch.cat([torch.zeros_like(x[..., :1]), masked], dim=-1)
 
 

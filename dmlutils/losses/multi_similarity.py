@@ -50,12 +50,12 @@ def multi_similarity_mining(
     # A side that is not mined keeps all its pairs, but only for anchors that have the other
     # side at all (a mined side does this by itself: it compares with +-inf and keeps nothing).
     if mine_negatives:
-        hardest_positive = S.masked_fill(~positive, float("inf")).amin(dim=1, keepdim=True)
+        hardest_positive = torch.where(positive, S, float("inf")).amin(dim=1, keepdim=True)
         kept_negative = negative & (S + epsilon > hardest_positive)
     else:
         kept_negative = negative & positive.any(dim=1, keepdim=True)
     if mine_positives:
-        hardest_negative = S.masked_fill(~negative, float("-inf")).amax(dim=1, keepdim=True)
+        hardest_negative = torch.where(negative, S, float("-inf")).amax(dim=1, keepdim=True)
         kept_positive = positive & (S - epsilon < hardest_negative)
     else:
         kept_positive = positive & negative.any(dim=1, keepdim=True)
