@@ -23,3 +23,11 @@ def unbalanced_batch(sizes, dim: int = 16, seed: int = 0, dtype=torch.float64, s
     centres = torch.randn(len(sizes), dim, generator=g, dtype=dtype)
     embeddings = centres[labels] + spread * torch.randn(len(labels), dim, generator=g, dtype=dtype)
     return embeddings, labels
+
+
+def value_and_grad(fn, embeddings, labels):
+    """(loss value, its gradient with respect to the embeddings), on a fresh leaf copy."""
+    e = embeddings.detach().clone().requires_grad_(True)
+    value = fn(e, labels)
+    (grad,) = torch.autograd.grad(value, e)
+    return value.detach(), grad

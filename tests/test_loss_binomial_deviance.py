@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from batches import pk_batch, unbalanced_batch
+from batches import pk_batch, unbalanced_batch, value_and_grad
 
 from dmlutils.gpw import autograd_pair_weights
 from dmlutils.losses.base import cosine_similarity_matrix
@@ -27,11 +27,6 @@ BATCHES = [
 ]
 
 
-def value_and_grad(fn, embeddings, labels):
-    e = embeddings.detach().clone().requires_grad_(True)
-    value = fn(e, labels)
-    (grad,) = torch.autograd.grad(value, e)
-    return value.detach(), grad
 
 
 def anchor_loop(embeddings, labels, alpha, beta, lam):

@@ -1,7 +1,7 @@
 """ContrastiveLoss against pytorch-metric-learning, a direct pair loop, and autograd."""
 import pytest
 import torch
-from batches import pk_batch, unbalanced_batch
+from batches import pk_batch, unbalanced_batch, value_and_grad
 from pytorch_metric_learning.distances import CosineSimilarity
 from pytorch_metric_learning.losses import ContrastiveLoss as PMLContrastiveLoss
 from pytorch_metric_learning.reducers import MeanReducer
@@ -24,11 +24,6 @@ BATCHES = [
 ]
 
 
-def value_and_grad(fn, embeddings, labels):
-    e = embeddings.detach().clone().requires_grad_(True)
-    value = fn(e, labels)
-    (grad,) = torch.autograd.grad(value, e)
-    return value.detach(), grad
 
 
 def pml_contrastive(pos_margin, neg_margin):

@@ -6,9 +6,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from batches import value_and_grad
 from pytorch_metric_learning import distances, losses, reducers
 
-from dmlutils.losses.lifted_structure import GeneralizedLiftedStructureLoss, LiftedStructureLoss
+from dmlutils.losses.lifted_structure import (
+    GeneralizedLiftedStructureLoss,
+    LiftedStructureLoss,
+)
 from dmlutils.losses.registry import LOSSES, get_loss
 
 # P x K batches, an unbalanced one with singletons (3, 4), and one with classes of 2..5.
@@ -29,11 +33,6 @@ def batch(seed, labels, dim=16, dtype=torch.float64):
     return embeddings, torch.tensor(labels)
 
 
-def value_and_grad(loss_fn, embeddings, labels):
-    embeddings = embeddings.clone().requires_grad_()
-    value = loss_fn(embeddings, labels)
-    (grad,) = torch.autograd.grad(value, embeddings)
-    return value.detach(), grad
 
 
 def lifted_loop(embeddings, labels, margin):

@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from batches import pk_batch, unbalanced_batch
+from batches import pk_batch, unbalanced_batch, value_and_grad
 from pytorch_metric_learning.losses import MultiSimilarityLoss as PMLMultiSimilarityLoss
 from pytorch_metric_learning.miners import MultiSimilarityMiner
 from pytorch_metric_learning.reducers import MeanReducer
@@ -19,11 +19,6 @@ HPARAMS = [
 ]
 
 
-def value_and_grad(fn, embeddings, labels):
-    e = embeddings.detach().clone().requires_grad_(True)
-    value = fn(e, labels)
-    (grad,) = torch.autograd.grad(value, e)
-    return value.detach(), grad
 
 
 BATCHES = [

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from batches import value_and_grad
 from pytorch_metric_learning import distances, losses, reducers
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
@@ -25,11 +26,6 @@ def batch(seed, labels, dim=16, dtype=torch.float64):
     return torch.randn(len(labels), dim, generator=generator, dtype=dtype), torch.tensor(labels)
 
 
-def value_and_grad(loss_fn, embeddings, labels):
-    embeddings = embeddings.clone().requires_grad_()
-    value = loss_fn(embeddings, labels)
-    (grad,) = torch.autograd.grad(value, embeddings)
-    return value.detach(), grad
 
 
 def npair_loop(embeddings, labels, scale=1.0):

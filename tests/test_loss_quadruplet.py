@@ -5,7 +5,7 @@ enumerated index by index (float64).
 """
 import pytest
 import torch
-from batches import pk_batch, unbalanced_batch
+from batches import pk_batch, unbalanced_batch, value_and_grad
 
 from dmlutils.gpw import autograd_pair_weights
 from dmlutils.losses.base import cosine_similarity_matrix
@@ -21,11 +21,6 @@ BATCHES = [
 MARGINS = [dict(margin=0.1, margin_second=0.05), dict(margin=0.3, margin_second=0.2), dict(margin=0.0, margin_second=0.0)]
 
 
-def value_and_grad(fn, embeddings, labels):
-    e = embeddings.detach().clone().requires_grad_(True)
-    value = fn(e, labels)
-    (grad,) = torch.autograd.grad(value, e)
-    return value.detach(), grad
 
 
 def quadruplet_loop(embeddings, labels, margin, margin_second):

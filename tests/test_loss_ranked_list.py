@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from batches import value_and_grad
 from pytorch_metric_learning import distances, losses, reducers
 
 from dmlutils.losses.ranked_list import RankedListLoss
@@ -36,11 +37,6 @@ def batch(seed, labels, dim=16, dtype=torch.float64):
     return centres[labels] + SPREAD * noise, labels
 
 
-def value_and_grad(loss_fn, embeddings, labels):
-    embeddings = embeddings.clone().requires_grad_()
-    value = loss_fn(embeddings, labels)
-    (grad,) = torch.autograd.grad(value, embeddings)
-    return value.detach(), grad
 
 
 def rll_loop(embeddings, labels, margin=0.2, alpha=1.4, lam=1.0, Tn=10.0, Tp=0.0,

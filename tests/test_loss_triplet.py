@@ -1,7 +1,7 @@
 """TripletLoss against pytorch-metric-learning, a triplet loop, FaceNet's squared distances, and autograd."""
 import pytest
 import torch
-from batches import pk_batch, unbalanced_batch
+from batches import pk_batch, unbalanced_batch, value_and_grad
 from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
 from pytorch_metric_learning.losses import TripletMarginLoss
 from pytorch_metric_learning.reducers import AvgNonZeroReducer, MeanReducer
@@ -20,11 +20,6 @@ BATCHES = [
 MARGINS = [0.1, 0.3, 0.0]
 
 
-def value_and_grad(fn, embeddings, labels):
-    e = embeddings.detach().clone().requires_grad_(True)
-    value = fn(e, labels)
-    (grad,) = torch.autograd.grad(value, e)
-    return value.detach(), grad
 
 
 def pml_triplet(margin, reduction):

@@ -6,10 +6,16 @@ to learn from). Each loss's own oracle test lives in tests/test_loss_<name>.py.
 """
 import pytest
 import torch
-from batches import pk_batch, unbalanced_batch
+from batches import pk_batch, unbalanced_batch, value_and_grad
 
 from dmlutils.gpw import autograd_pair_weights, embedding_gradient
-from dmlutils.losses import LOSSES, SimilarityLoss, cosine_similarity_matrix, get_loss, hparams_of
+from dmlutils.losses import (
+    LOSSES,
+    SimilarityLoss,
+    cosine_similarity_matrix,
+    get_loss,
+    hparams_of,
+)
 
 NINE = [
     "contrastive",
@@ -34,11 +40,6 @@ def make(name, dtype=torch.float64, **hparams):
     return get_loss(name, **hparams).to(dtype)
 
 
-def value_and_grad(loss, embeddings, labels):
-    e = embeddings.detach().clone().requires_grad_(True)
-    value = loss(e, labels)
-    (grad,) = torch.autograd.grad(value, e)
-    return value.detach(), grad
 
 
 # --- registry --------------------------------------------------------------------------
