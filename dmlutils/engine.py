@@ -331,11 +331,19 @@ class _FromCachedBlock(nn.Module):
         return self.model.forward_from_block(activations, self.block)
 
 
+def _in_cached_prefix(name: str, block: int) -> bool:
+    """Whether a backbone parameter belongs to the part computed once into the cache: the
+    stem and the blocks before `block` (EfficientNet-Lite's parameter names)."""
+    if name.startswith("_blocks."):
+        return int(name.split(".")[1]) < block
+    return name.startswith(("_conv_stem.", "_bn0."))
+
+
 def _trainable_parameters(model, config):
     block = config["cache_from_block"] if config["cache_views"] else None
     backbone_params, head_params = [], list(model.head.parameters())
     for name, p in model.backbone.named_parameters():
-        if block is not None and not (name.startswith("_blocks.") and int(name.split(".")[1]) >= block) and not name.startswith(("_conv_head", "_bn1")):
+        if block is not None and _in_cached_prefix(name, block):
             p.requires_grad_(False)  # frozen: computed once into the cache
         if name.startswith("_fc."):
             p.requires_grad_(False)  # the ImageNet classifier is not part of the embedding

@@ -110,3 +110,18 @@ def test_cli_writes_the_record(tmp_path):
     args = ["train", "--profile", "smoke", "--loss", "contrastive", "--quiet", "--record", str(record), "--run-dir", str(tmp_path / "run")]
     assert cli(args + ["--set", "iterations=2", "--set", "eval_every=1"]) == 0
     assert json.loads(record.read_text())["loss"] == "contrastive"
+
+
+def test_cached_profile_trains_exactly_the_blocks_after_the_cache():
+    from dmlutils.engine import _trainable_parameters
+    from dmlutils.models import EmbeddingModel, efficientnet_lite0
+
+    config = make_config("cpu")
+    model = EmbeddingModel(efficientnet_lite0(pretrained=False), embedding_dim=8, pooling="avg", freeze_bn=True)
+    backbone_params, head_params = _trainable_parameters(model, config)
+    trained = {n for n, p in model.backbone.named_parameters() if any(p is q for q in backbone_params)}
+    blocks = {int(n.split(".")[1]) for n in trained if n.startswith("_blocks.")}
+    assert blocks == set(range(config["cache_from_block"], model.backbone.num_blocks))
+    assert any(n.startswith("_conv_head.") for n in trained)
+    assert not any(n.startswith(("_conv_stem.", "_bn0.", "_fc.")) for n in trained)
+    assert len(head_params) == 2  # the linear layer's weight and bias
