@@ -1,9 +1,10 @@
-"""Command line: `python -m dmlutils train|ablation|baseline|profiles|book ...`.
+"""Command line: `python -m dmlutils train|ablation|study|baseline|profiles|book ...`.
 
     python -m dmlutils train --profile cpu --loss multi_similarity --set loss.beta=50 --set iterations=300
     python -m dmlutils train --profile cpu --loss multi_similarity --resume
     python -m dmlutils ablation ms_no_mining --profile cpu
     python -m dmlutils baseline --profile cpu
+    python -m dmlutils study contrastive --profile cpu
     python -m dmlutils profiles
     python -m dmlutils book --profile smoke
 """
@@ -49,6 +50,12 @@ def main(argv=None) -> int:
     ablation_parser.add_argument("--resume", action="store_true")
     ablation_parser.add_argument("--quiet", action="store_true")
 
+    study_parser = commands.add_parser("study", help="choose a loss's setting on held-out training classes, then train it (dmlutils.studies)")
+    common(study_parser)
+    study_parser.add_argument("loss", help="a loss with a study in dmlutils/studies.py")
+    study_parser.add_argument("--runs", default="runs", help="folder of checkpoints (default: runs/)")
+    study_parser.add_argument("--quiet", action="store_true")
+
     baseline_parser = commands.add_parser("baseline", help="evaluate the pretrained backbone's pooled features")
     common(baseline_parser)
 
@@ -68,6 +75,16 @@ def main(argv=None) -> int:
             return 0
         from . import engine
 
+        if args.command == "study":
+            from .studies import run_study
+
+            selection = run_study(
+                args.loss, args.profile, args.results, args.runs, root=args.root, device=args.device,
+                progress=not args.quiet, extra_overrides=parse_set_arguments(args.set),
+            )
+            scores = ", ".join(f"{k}={v:.4f}" for k, v in selection["scores"].items())
+            print(f"{args.loss}: validation {scores}; chose {selection['chosen']}; test record {selection['test_record']}")
+            return 0
         if args.command in ("train", "ablation"):
             if args.command == "ablation":
                 from .ablations import ablation

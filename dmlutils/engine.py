@@ -220,14 +220,9 @@ def _prefix_activations(prefix, dataset, block: int, batch_size: int, num_worker
     return torch.cat(chunks)
 
 
-def activation_cache(config: dict, model: nn.Module, train_aug, test, progress: bool = True) -> dict:
-    """Activations entering block `cache_from_block` for `cache_views` augmented views of
-    every training image and the plain view of every test image (float16), cached on disk."""
-    block, views = config["cache_from_block"], config["cache_views"]
-    path = cache_dir() / f"activations-{_cache_key(config, train_aug, test)}.pt"
-    if path.exists():
-        return torch.load(path, map_location="cpu", weights_only=True)
-    backbone = model.backbone
+def _frozen_prefix(model: nn.Module, config: dict):
+    """The frozen blocks before `cache_from_block`, as a function of an image batch."""
+    backbone, block = model.backbone, config["cache_from_block"]
     if not callable(getattr(backbone, "forward_until_block", None)):
         raise ValueError(f"backbone {config['backbone']!r} cannot be split at a block; set cache_views=0")
     # BatchNorm folded into the frozen convolutions: same function, faster (DESIGN.md).
@@ -237,6 +232,17 @@ def activation_cache(config: dict, model: nn.Module, train_aug, test, progress: 
     def prefix(x):
         return frozen.forward_until_block(x, block)
 
+    return prefix
+
+
+def activation_cache(config: dict, model: nn.Module, train_aug, test, progress: bool = True) -> dict:
+    """Activations entering block `cache_from_block` for `cache_views` augmented views of
+    every training image and the plain view of every test image (float16), cached on disk."""
+    block, views = config["cache_from_block"], config["cache_views"]
+    path = cache_dir() / f"activations-{_cache_key(config, train_aug, test)}.pt"
+    if path.exists():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    prefix = _frozen_prefix(model, config)
     started = time.perf_counter()
     train_views = [
         _prefix_activations(prefix, train_aug, block, 32, config["num_workers"], config["seed"] * 1000 + v, f"cache: train view {v + 1}/{views}")
@@ -251,6 +257,78 @@ def activation_cache(config: dict, model: nn.Module, train_aug, test, progress: 
     }
     atomic_write_bytes(path, lambda f: torch.save(cache, f))
     return cache
+
+
+# --- validation classes held out of the training split ------------------------------------
+
+
+def _plain_train_set(config: dict, root=None):
+    """The training split with the test-time transform (what a held-out class is evaluated on)."""
+    from .data import get_dataset, get_transforms
+
+    if config["data"] == "synthetic":
+        return get_dataset("synthetic", split="train", seed=config["seed"], image_size=config["image_size"])
+    sizes = dict(resize=config["resize_size"], crop=config["image_size"])
+    return get_dataset(config["data"], root=root, split="train", transform=get_transforms(config["transform"], train=False, **sizes))
+
+
+def validation_split(config: dict, train_labels) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(indices trained on, indices evaluated on, held-out classes): the last
+    `validation_classes` labels of the training split are held out."""
+    labels = np.asarray(train_labels)
+    classes = np.unique(labels)
+    n = config["validation_classes"]
+    if not 2 <= n <= len(classes) - 2:
+        raise ValueError(
+            f"validation_classes={n} leaves too few classes: the training split has {len(classes)}; "
+            f"hold out between 2 and {len(classes) - 2} (or 0 to evaluate on the test split)"
+        )
+    held_out = classes[-n:]
+    is_held_out = np.isin(labels, held_out)
+    return np.flatnonzero(~is_held_out), np.flatnonzero(is_held_out), [int(c) for c in held_out]
+
+
+def _validation_activations(config, model, plain, indices, cache_path: Path, progress) -> torch.Tensor:
+    """Plain-view activations of the held-out training images, cached beside the main cache."""
+    path = cache_path.with_name(f"{cache_path.stem}-validation-{config['validation_classes']}.pt")
+    if path.exists():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    prefix = _frozen_prefix(model, config)
+    from .data import ClassSubset
+
+    activations = _prefix_activations(
+        prefix, ClassSubset(plain, indices), config["cache_from_block"], 32, config["num_workers"], config["seed"], "cache: validation"
+    )
+    atomic_write_bytes(path, lambda f: torch.save(activations, f))
+    return activations
+
+
+def hold_out_validation(config, train_set, test_set, cache, model, root=None, progress=True):
+    """(train set, evaluation set, cache) of a run with `validation_classes` held out."""
+    from .data import ClassSubset
+
+    fit_idx, val_idx, _ = validation_split(config, train_set.labels)
+    plain = _plain_train_set(config, root)
+    fit, held_out = ClassSubset(train_set, fit_idx), ClassSubset(plain, val_idx)
+    if cache is not None:
+        main_path = cache_dir() / f"activations-{_cache_key(config, train_set, test_set)}.pt"
+        cache = {
+            "train": cache["train"][torch.as_tensor(fit_idx)],
+            "train_labels": cache["train_labels"][torch.as_tensor(fit_idx)],
+            "test": _validation_activations(config, model, plain, val_idx, main_path, progress),
+            "test_labels": torch.as_tensor(held_out.labels),
+            "seconds": cache.get("seconds"),
+        }
+    return fit, held_out, cache
+
+
+def evaluation_split_name(config: dict) -> str:
+    return "validation" if config["validation_classes"] else "test"
+
+
+def _evaluated_on(config: dict, evaluation_set) -> dict:
+    classes = sorted(int(c) for c in np.unique(np.asarray(evaluation_set.labels)))
+    return {"split": evaluation_split_name(config), "images": len(evaluation_set), "classes": len(classes), "labels": [classes[0], classes[-1]]}
 
 
 # --- evaluation --------------------------------------------------------------------------
@@ -385,14 +463,15 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
 
     train_set, test_set = build_datasets(config, root)
     model = build_model(config).to(device)
+    cache = None
+    if config["cache_views"]:
+        cache = activation_cache(config, model, train_set, test_set, progress)
+    if config["validation_classes"]:  # evaluate on held-out training classes, never on the test split
+        train_set, test_set, cache = hold_out_validation(config, train_set, test_set, cache, model, root, progress)
     labels_array = np.asarray(train_set.labels)
     base_loss = build_loss(config, int(labels_array.max()) + 1, model.embedding_dim)
     # The loss sees the global batch (all processes' rows) and, optionally, a memory of past batches.
     loss_fn = distributed.GlobalBatchLoss(with_cross_batch_memory(base_loss, config["xbm_size"])).to(device)
-
-    cache = None
-    if config["cache_views"]:
-        cache = activation_cache(config, model, train_set, test_set, progress)
     backbone_params, head_params = _trainable_parameters(model, config)
     groups = [
         {"params": backbone_params, "lr": config["lr"]},
@@ -420,6 +499,7 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
         "device": str(device),
         "environment": environment(),
         "data": {"train_images": len(train_set), "test_images": len(test_set), "root": str(getattr(train_set, "root", ""))},
+        "evaluated_on": _evaluated_on(config, test_set),
         "cache_seconds": None if cache is None else cache.get("seconds"),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "wall_time_seconds": 0.0,
@@ -490,7 +570,7 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
     if step >= config["iterations"] and is_main:
         record["final"] = {"iteration": step, **record["evaluations"][-1]["metrics"]}
         best = max(record["evaluations"], key=lambda e: e["metrics"]["recall@1"])
-        record["best_on_test"] = {"iteration": best["iteration"], **best["metrics"]}
+        record[f"best_on_{evaluation_split_name(config)}"] = {"iteration": best["iteration"], **best["metrics"]}
         record["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         if record_path is not None:
             write_json(Path(record_path), record)
@@ -500,7 +580,11 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
 def baseline(config: dict, root=None, record_path=None, device=None, progress: bool = True) -> dict:
     """The pretrained backbone's globally pooled features, no metric learning: the floor."""
     device = torch.device(device) if device is not None else default_device()
-    _, test_set = build_datasets(config, root)
+    train_set, test_set = build_datasets(config, root)
+    if config["validation_classes"]:
+        from .data import ClassSubset
+
+        test_set = ClassSubset(_plain_train_set(config, root), validation_split(config, train_set.labels)[1])
     from .models import EmbeddingModel, get_backbone
 
     backbone = get_backbone(config["backbone"], pretrained=config["pretrained"])
@@ -523,6 +607,7 @@ def baseline(config: dict, root=None, record_path=None, device=None, progress: b
         "device": str(device),
         "environment": environment(),
         "data": {"test_images": len(test_set), "root": str(getattr(test_set, "root", ""))},
+        "evaluated_on": _evaluated_on(config, test_set),
         "wall_time_seconds": time.perf_counter() - t0,
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "evaluations": [{"iteration": 0, "train_loss": None, "metrics": metrics}],

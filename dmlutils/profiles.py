@@ -16,6 +16,10 @@ that lists the valid ones.
 * paper — the paper's setting (BN-Inception, 227-px crops of 256-px images, batch
           80 = 16 x 5, Adam 3e-5 with weight decay 5e-4, 3,000 iterations, lr x 0.1 at
           1,200 and 2,400, global max pooling, frozen BN). For a GPU or Colab.
+
+`validation_classes=n` (0 by default) holds the last n classes of the training split out:
+the run trains on the others and evaluates on those n (plain test-time view), never
+reading the test split. Setting studies (`dmlutils.studies`) select on it.
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ PROFILES: dict[str, dict] = {
         cache_views=0,
         cache_from_block=0,
         xbm_size=0,
+        validation_classes=0,
         num_workers=0,
         eval_batch_size=256,
         eval_ks=(1, 2, 4, 8),
@@ -76,6 +81,7 @@ PROFILES: dict[str, dict] = {
         cache_views=5,
         cache_from_block=11,
         xbm_size=0,
+        validation_classes=0,
         num_workers=0,
         eval_batch_size=128,
         eval_ks=(1, 2, 4, 8, 16, 32),
@@ -104,6 +110,7 @@ PROFILES: dict[str, dict] = {
         cache_views=0,
         cache_from_block=0,
         xbm_size=0,
+        validation_classes=0,
         num_workers=4,
         eval_batch_size=128,
         eval_ks=(1, 2, 4, 8, 16, 32),

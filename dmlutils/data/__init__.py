@@ -11,6 +11,7 @@ The data root is the ``root`` argument, else ``$DML_DATA``, else ``./data``
 
 from .base import (
     DATA_ROOT_ENV,
+    ClassSubset,
     CorruptImageError,
     DatasetNotFoundError,
     ImageListDataset,
@@ -48,6 +49,7 @@ __all__ = [
     "DATA_ROOT_ENV",
     "CUB200",
     "Cars196",
+    "ClassSubset",
     "ChecksumError",
     "CorruptImageError",
     "DatasetNotFoundError",

@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_DATA_ROOT",
     "CorruptImageError",
     "DatasetNotFoundError",
+    "ClassSubset",
     "ImageListDataset",
     "check_choice",
     "load_rgb",
@@ -265,3 +266,23 @@ def locate_dataset(
     if folder is None:
         raise DatasetNotFoundError(not_found_message(name, root, candidates, required, layout, how_to_get))
     return folder
+
+
+class ClassSubset(Dataset):
+    """The samples of a data set at `indices`, keeping `labels` (what the P x K sampler
+    reads) and `root`; used to hold classes of the training split out for validation."""
+
+    def __init__(self, dataset, indices: Sequence[int]) -> None:
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.labels = np.asarray(dataset.labels)[self.indices]
+        self.root = getattr(dataset, "root", "")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.dataset[int(self.indices[index])]
+
+    def __repr__(self) -> str:
+        return f"ClassSubset({self.dataset!r}, {len(self)} samples, {len(np.unique(self.labels))} classes)"

@@ -1,0 +1,94 @@
+"""Held-out validation classes and the per-loss setting studies that select on them."""
+import json
+
+import numpy as np
+import pytest
+
+from dmlutils import engine, studies
+from dmlutils.profiles import make_config
+
+
+def test_validation_split_holds_out_the_last_classes_and_nothing_else():
+    labels = np.repeat(np.arange(10), [3, 4, 5, 3, 4, 5, 3, 4, 5, 6])
+    fit, held_out, classes = engine.validation_split({"validation_classes": 3}, labels)
+    assert classes == [7, 8, 9]
+    assert set(labels[held_out]) == {7, 8, 9} and set(labels[fit]) == set(range(7))
+    assert sorted(np.concatenate([fit, held_out]).tolist()) == list(range(len(labels)))
+
+
+@pytest.mark.parametrize("n", [1, 9, 10])
+def test_validation_split_refuses_to_leave_too_few_classes(n):
+    with pytest.raises(ValueError, match="between 2 and 8"):
+        engine.validation_split({"validation_classes": n}, np.repeat(np.arange(10), 4))
+
+
+class _Untouchable:
+    """A test split that fails if anything reads an image or its length."""
+
+    def __init__(self, dataset):
+        self.labels = dataset.labels
+
+    def __len__(self):
+        raise AssertionError("the test split was used by a validation run")
+
+    def __getitem__(self, index):
+        raise AssertionError("the test split was read by a validation run")
+
+
+def test_a_validation_run_trains_without_the_held_out_classes_and_never_reads_the_test_split(tmp_path, monkeypatch):
+    build = engine.build_datasets
+
+    def build_with_untouchable_test(config, root=None):
+        train, test = build(config, root)
+        return train, _Untouchable(test)
+
+    monkeypatch.setattr(engine, "build_datasets", build_with_untouchable_test)
+    seen_labels = set()
+    feed = engine._Feeder.batches
+
+    def recording_batches(self, sampler, start, count):
+        for x, y in feed(self, sampler, start, count):
+            seen_labels.update(y.tolist())
+            yield x, y
+
+    monkeypatch.setattr(engine._Feeder, "batches", recording_batches)
+    config = make_config("smoke", "multi_similarity", {"validation_classes": 2, "iterations": 4, "eval_every": 2})
+    record = engine.train(config, tmp_path / "run", progress=False)
+    assert record["evaluated_on"] == {"split": "validation", "images": 2 * 20, "classes": 2, "labels": [8, 9]}
+    assert seen_labels and max(seen_labels) <= 7  # classes 8 and 9 were never trained on
+    assert "best_on_validation" in record and "best_on_test" not in record
+
+
+def _record(split, score):
+    return {"evaluated_on": {"split": split}, "final": {"recall@1": score}}
+
+
+def test_select_takes_the_best_final_score_and_breaks_ties_towards_the_first_listed():
+    chosen, scores = studies.select({"default": _record("validation", 0.5), "a": _record("validation", 0.7), "b": _record("validation", 0.7)})
+    assert chosen == "a" and scores == {"default": 0.5, "a": 0.7, "b": 0.7}
+    assert studies.select({"default": _record("validation", 0.7), "a": _record("validation", 0.7)})[0] == "default"
+
+
+def test_select_refuses_records_evaluated_on_the_test_split():
+    with pytest.raises(ValueError, match="not on validation"):
+        studies.select({"default": _record("test", 0.9)})
+
+
+def test_unknown_study_names_the_losses_that_have_one():
+    with pytest.raises(ValueError, match="studies exist for: contrastive"):
+        studies.study("multi_similarity")
+
+
+def test_a_study_chooses_on_validation_and_trains_the_choice_on_the_test_split(tmp_path, monkeypatch):
+    monkeypatch.setitem(studies.STUDIES, "npair", {"default": {}, "scale_10": {"loss.scale": 10.0}})
+    short = {"iterations": "4", "eval_every": "2"}
+    selection = studies.run_study("npair", "smoke", tmp_path / "results", tmp_path / "runs", progress=False, extra_overrides=short)
+    folder = tmp_path / "results" / "smoke" / "study" / "npair"
+    validation = {name: json.loads((folder / f"{name}.json").read_text()) for name in ("default", "scale_10")}
+    best = max(validation, key=lambda n: (validation[n]["final"]["recall@1"], n == "default"))
+    assert selection["chosen"] == best
+    assert json.loads((folder / "selection.json").read_text())["chosen"] == best
+    assert all(r["config"]["validation_classes"] == 2 for r in validation.values())
+    tuned = json.loads((tmp_path / "results" / "smoke" / "tuned" / "npair.json").read_text())
+    assert tuned["evaluated_on"]["split"] == "test" and tuned["config"]["validation_classes"] == 0
+    assert tuned["loss_hparams"]["scale"] == (10.0 if best == "scale_10" else 1.0)
