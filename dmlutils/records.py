@@ -61,3 +61,48 @@ def provenance(record: dict) -> str:
         f"device {record.get('device')}, {record.get('wall_time_seconds', 0):.0f} s, "
         f"finished {record.get('finished', record.get('started', '?'))}"
     )
+
+
+def load_study(profile: str, loss: str, results_dir=None) -> dict:
+    """A loss's setting study (dmlutils.studies): {"validation": {setting: record},
+    "selection": the choice or None, "tuned": the chosen setting's test record or None}."""
+    from .studies import study, study_dir, tuned_record_path
+
+    results = Path(results_dir or DEFAULT_RESULTS)
+    folder = study_dir(results, profile, loss)
+
+    def read(path):
+        path = Path(path)
+        if not path.exists():
+            return None
+        record = json.loads(path.read_text())
+        return record if "final" in record or "chosen" in record else None
+
+    validation = {name: read(folder / f"{name}.json") for name in study(loss)}
+    selection = read(folder / "selection.json")
+    tuned = read(results / selection["test_record"]) if selection else read(tuned_record_path(results, profile, loss))
+    return {
+        "validation": {name: r for name, r in validation.items() if r is not None},
+        "selection": selection,
+        "tuned": tuned,
+    }
+
+
+def ensure_studies(profile: str, losses, results_dir=None, train_missing=False, root=None) -> dict[str, dict]:
+    """{loss: load_study(...)}; with `train_missing`, first run the studies that are
+    incomplete (the book does this at the smoke profile only)."""
+    from .studies import run_study
+
+    results = Path(results_dir or DEFAULT_RESULTS)
+    if train_missing:
+        for loss in losses:
+            if load_study(profile, loss, results)["tuned"] is None:
+                run_study(loss, profile, results, Path("runs"), root=root, progress=False)
+    return {loss: load_study(profile, loss, results) for loss in losses}
+
+
+def load_validation_baseline(profile: str, results_dir=None) -> dict | None:
+    from .studies import study_dir
+
+    path = study_dir(Path(results_dir or DEFAULT_RESULTS), profile, "baseline").with_suffix(".json")
+    return json.loads(path.read_text()) if path.exists() else None

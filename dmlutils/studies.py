@@ -10,8 +10,11 @@ the choice, so the tuned record is as clean a test number as the default one.
     python -m dmlutils study contrastive --profile cpu
 
 writes `results/<profile>/study/<loss>/<setting>.json` (one validation record per
-setting), `results/<profile>/study/<loss>/selection.json` (the choice and what it was
-chosen from), and `results/<profile>/tuned/<loss>.json` (the test record of the choice).
+setting; `results/<profile>/study/baseline.json` is the pretrained features on the same
+classes), `results/<profile>/study/<loss>/selection.json` (the choice and what it was
+chosen from), and `results/<profile>/tuned/<loss>.json` (the test record of the choice;
+when the choice is the loss's default setting and `results/<profile>/<loss>.json` was
+trained with exactly it, that record is the test record and nothing is trained twice).
 Records that exist are reused; interrupted runs resume from their checkpoints.
 """
 from __future__ import annotations
@@ -86,6 +89,36 @@ def select(records: dict[str, dict]) -> tuple[str, dict[str, float]]:
     return next(name for name, score in scores.items() if score == best), scores
 
 
+def _same_run(record_path: Path, config: dict) -> bool:
+    """Whether a finished record was trained with exactly `config` (records made before a
+    setting existed lack it: they ran with its default)."""
+    from .engine import _jsonable
+    from .profiles import PROFILES
+
+    if not record_path.exists():
+        return False
+    record = json.loads(record_path.read_text())
+    if "final" not in record:
+        return False
+    def as_json(value):
+        return json.loads(json.dumps(value, default=_jsonable))
+
+    recorded = {**as_json(PROFILES[config["profile"]]), **record["config"]}
+    return recorded == as_json(config)
+
+
+def validation_baseline(profile: str = "cpu", results="results", root=None, device=None) -> dict:
+    """The pretrained features on the held-out classes: the floor of a study's table."""
+    from . import engine
+    from .profiles import make_config
+
+    path = study_dir(results, profile, "baseline").with_suffix(".json")
+    if path.exists():
+        return json.loads(path.read_text())
+    config = make_config(profile, "multi_similarity", {"validation_classes": VALIDATION_CLASSES[profile]})
+    return engine.baseline(config, root=root, record_path=path, device=device, progress=False)
+
+
 def run_study(loss: str, profile: str = "cpu", results="results", runs="runs", root=None, device=None, progress=True, extra_overrides=None) -> dict:
     """Train every setting on validation classes, choose, train the choice for the test split."""
     from . import engine
@@ -94,6 +127,7 @@ def run_study(loss: str, profile: str = "cpu", results="results", runs="runs", r
 
     settings = study(loss)
     folder = study_dir(results, profile, loss)
+    validation_baseline(profile, results, root, device)
     records = {}
     for name, overrides in settings.items():
         path = folder / f"{name}.json"
@@ -105,7 +139,11 @@ def run_study(loss: str, profile: str = "cpu", results="results", runs="runs", r
         run_dir = Path(runs) / profile / "study" / loss / name
         records[name] = engine.train(config, run_dir, resume=True, root=root, record_path=path, progress=progress, device=device)
     chosen, scores = select(records)
+    tuned_config = make_config(profile, loss, {**settings[chosen], **(extra_overrides or {})})
     tuned_path = tuned_record_path(results, profile, loss)
+    default_path = Path(results) / profile / f"{loss}.json"
+    if not tuned_path.exists() and _same_run(default_path, tuned_config):
+        tuned_path = default_path  # the choice is the setting of the loss's own record: no need to train it twice
     selection = {
         "loss": loss,
         "profile": profile,
@@ -120,7 +158,6 @@ def run_study(loss: str, profile: str = "cpu", results="results", runs="runs", r
     }
     write_json(folder / "selection.json", selection)
     if not tuned_path.exists():
-        config = make_config(profile, loss, {**settings[chosen], **(extra_overrides or {})})
         run_dir = Path(runs) / profile / "tuned" / loss
-        engine.train(config, run_dir, resume=True, root=root, record_path=tuned_path, progress=progress, device=device)
+        engine.train(tuned_config, run_dir, resume=True, root=root, record_path=tuned_path, progress=progress, device=device)
     return selection

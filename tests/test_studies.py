@@ -92,3 +92,22 @@ def test_a_study_chooses_on_validation_and_trains_the_choice_on_the_test_split(t
     tuned = json.loads((tmp_path / "results" / "smoke" / "tuned" / "npair.json").read_text())
     assert tuned["evaluated_on"]["split"] == "test" and tuned["config"]["validation_classes"] == 0
     assert tuned["loss_hparams"]["scale"] == (10.0 if best == "scale_10" else 1.0)
+
+
+def test_a_default_choice_reuses_the_losses_own_record_only_when_it_ran_the_same_setting(tmp_path, monkeypatch):
+    monkeypatch.setitem(studies.STUDIES, "npair", {"default": {}, "scale_10": {"loss.scale": 10.0}})
+    monkeypatch.setattr(studies, "select", lambda records: ("default", {n: 0.0 for n in records}))
+    results = tmp_path / "results"
+    short = {"iterations": "4", "eval_every": "2"}
+    own = results / "smoke" / "npair.json"
+    engine.train(make_config("smoke", "npair", short), tmp_path / "own", record_path=own, progress=False)
+    selection = studies.run_study("npair", "smoke", results, tmp_path / "runs", progress=False, extra_overrides=short)
+    assert selection["test_record"] == "smoke/npair.json"
+    assert not (results / "smoke" / "tuned" / "npair.json").exists()
+
+    # A record made with other settings (here a longer schedule) is not the choice's run.
+    engine.train(make_config("smoke", "npair", {"iterations": "6", "eval_every": "2"}), tmp_path / "own6", record_path=own, progress=False)
+    (results / "smoke" / "study" / "npair" / "selection.json").unlink()
+    selection = studies.run_study("npair", "smoke", results, tmp_path / "runs", progress=False, extra_overrides=short)
+    assert selection["test_record"] == "smoke/tuned/npair.json"
+    assert json.loads((results / "smoke" / "tuned" / "npair.json").read_text())["config"]["iterations"] == 4
