@@ -10,7 +10,7 @@ LOSSES := contrastive triplet triplet_center npair quadruplet lifted_structure b
 
 PROFILE ?=
 
-.PHONY: book test venv bench results-cpu clean
+.PHONY: book test venv bench results-cpu results-studies clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ results-cpu: $(VENV)/.installed
 	  test -f results/cpu/$$loss.json || $(PY) -m dmlutils train --profile cpu --loss $$loss --resume || exit 1; \
 	done
 	test -f results/cpu/baseline.json || $(PY) -m dmlutils baseline --profile cpu
+
+# Chapter 6's setting studies (dmlutils/studies.py): candidates on held-out training
+# classes, then the chosen setting on the test classes. Existing records are reused.
+STUDIED := contrastive lifted_structure npair triplet_center ranked_list
+results-studies: $(VENV)/.installed
+	@for loss in $(STUDIED); do $(PY) -m dmlutils study $$loss --profile cpu || exit 1; done
 
 clean:
 	rm -rf $(VENV) _build

@@ -26,6 +26,9 @@ ABLATIONS: dict[str, dict[str, tuple[str, dict]]] = {
     # Not an MS ablation: N-pair on unit vectors has logits in [-2, 2] (chapter 6); a scale
     # stands for the embedding norms of Sohn's unnormalised setting.
     "N-pair logit scale": {f"npair_scale_{s:g}": ("npair", {"loss.scale": float(s)}) for s in (10,)},
+    # XBM (Wang et al., CVPR 2020): MS also sees the embeddings of the last 1,600 training
+    # samples (20 batches; their features are slightly stale), off in every other run.
+    "cross-batch memory": {"ms_xbm_1600": (MS, {"xbm_size": 1600})},
     "batch composition": {
         "ms_batch_8x10": (MS, {"p": 8, "k": 10}),
         "ms_batch_40x2": (MS, {"p": 40, "k": 2}),
