@@ -4,6 +4,12 @@ pytorch-metric-learning has no quadruplet loss, so the oracle is the paper's def
 enumerated index by index (float64). The dense (positive pairs x negative pairs) implementation
 that the counting one replaced is kept here (`dense_quadruplet`) to check values and weights.
 """
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from batches import pk_batch, unbalanced_batch, value_and_grad
@@ -180,7 +186,10 @@ def test_value_and_pair_weights_equal_the_dense_implementation(make_batch, margi
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("margins", [dict(margin=0.1, margin_second=0.05), dict(margin=0.125, margin_second=0.1), dict(margin=0.0, margin_second=0.0)])
+@pytest.mark.parametrize(
+    "margins",
+    [dict(margin=0.1, margin_second=0.05), dict(margin=0.125, margin_second=0.1), dict(margin=0.0, margin_second=0.0)],
+)
 def test_hinges_at_exactly_zero_are_classified_like_the_dense_implementation(seed, dtype, margins):
     # 5 classes so that the second term has many quadruplets; its hinges S_lk - S_ij + margin_second
     # on grid values are often exactly 0 (no weight) or one rounding away from it (weight 1/count).
@@ -193,3 +202,44 @@ def test_hinges_at_exactly_zero_are_classified_like_the_dense_implementation(see
     tolerance = dict(rtol=0, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(value, expected_value, **tolerance)
     torch.testing.assert_close(W, expected_W, **tolerance)
+
+
+# Forward + backward of TripletLoss, then QuadrupletLoss, on a 200 x 5 batch of 512-d float32
+# embeddings, in a fresh process; prints the growth of the peak resident memory (ru_maxrss,
+# KiB on Linux) over a baseline that already holds the embeddings and one S-sized matmul.
+MEMORY_SCRIPT = """
+import json, resource, torch
+from dmlutils.losses.quadruplet import QuadrupletLoss
+from dmlutils.losses.triplet import TripletLoss
+torch.set_num_threads(1)
+g = torch.Generator().manual_seed(0)
+labels = torch.arange(200).repeat_interleave(5)
+embeddings = (torch.randn(200, 512, generator=g)[labels] + 1.5 * torch.randn(1000, 512, generator=g)).requires_grad_(True)
+(embeddings @ embeddings.T).sum().backward()
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base, growth = peak(), {}
+for loss in (TripletLoss(), QuadrupletLoss()):
+    embeddings.grad = None
+    loss(embeddings, labels).backward()
+    assert torch.isfinite(embeddings.grad).all() and embeddings.grad.abs().sum() > 0
+    growth[type(loss).__name__] = peak() - base
+print(json.dumps(growth))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss is in KiB on Linux only")
+def test_batch_of_1000_trains_in_bounded_memory():
+    # Materialised, the triplets of this batch are a (1000, 1000, 1000) tensor (4 GB in float32
+    # for the hinges alone) and the quadruplet term a 4000 x 995000 matrix (16 GB); counting keeps
+    # both within a few (B, B) tensors. Each loss (the quadruplet one includes the triplet term)
+    # must stay under 512 MiB of extra peak memory.
+    root = Path(__file__).resolve().parents[1]
+    python_path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=python_path)
+    result = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    growth = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(growth) == {"TripletLoss", "QuadrupletLoss"}
+    for name, extra_bytes in growth.items():
+        assert extra_bytes < 512 * 2**20, f"{name}: {extra_bytes / 2**20:.0f} MiB"
