@@ -17,6 +17,7 @@ from test_loss_triplet import dense_triplet, grid_similarity, tied_batch
 
 from dmlutils.gpw import autograd_pair_weights
 from dmlutils.losses.base import cosine_similarity_matrix, label_masks
+from dmlutils.losses import quadruplet
 from dmlutils.losses.quadruplet import QuadrupletLoss
 from dmlutils.losses.triplet import TripletLoss
 
@@ -162,6 +163,15 @@ def test_bad_hyperparameters_raise(kwargs, message):
         QuadrupletLoss(**kwargs)
 
 
+@pytest.fixture(params=["table", "search"])
+def class_counts(request, monkeypatch):
+    """Both ways of counting a negative pair's violations within a class: the table of running
+    counts (small batches) and the per-class binary search (past CLASS_TABLE_LIMIT)."""
+    if request.param == "search":
+        monkeypatch.setattr(quadruplet, "CLASS_TABLE_LIMIT", 0)
+    return request.param
+
+
 DENSE_BATCHES = BATCHES + [
     pytest.param(tied_batch, id="ties"),
     pytest.param(lambda: pk_batch(16, 5, dim=32, seed=6), id="pk16x5"),
@@ -171,7 +181,7 @@ DENSE_BATCHES = BATCHES + [
 
 @pytest.mark.parametrize("make_batch", DENSE_BATCHES)
 @pytest.mark.parametrize("margins", MARGINS)
-def test_value_and_pair_weights_equal_the_dense_implementation(make_batch, margins):
+def test_value_and_pair_weights_equal_the_dense_implementation(make_batch, margins, class_counts):
     embeddings, labels = make_batch()
     S = cosine_similarity_matrix(embeddings)
     loss = QuadrupletLoss(**margins)
@@ -190,7 +200,7 @@ def test_value_and_pair_weights_equal_the_dense_implementation(make_batch, margi
     "margins",
     [dict(margin=0.1, margin_second=0.05), dict(margin=0.125, margin_second=0.1), dict(margin=0.0, margin_second=0.0)],
 )
-def test_hinges_at_exactly_zero_are_classified_like_the_dense_implementation(seed, dtype, margins):
+def test_hinges_at_exactly_zero_are_classified_like_the_dense_implementation(seed, dtype, margins, class_counts):
     # 5 classes so that the second term has many quadruplets; its hinges S_lk - S_ij + margin_second
     # on grid values are often exactly 0 (no weight) or one rounding away from it (weight 1/count).
     S, labels = grid_similarity(seed, batch=16, num_classes=5, dtype=dtype)
@@ -209,6 +219,7 @@ def test_hinges_at_exactly_zero_are_classified_like_the_dense_implementation(see
 # KiB on Linux) over a baseline that already holds the embeddings and one S-sized matmul.
 MEMORY_SCRIPT = """
 import json, resource, torch
+from dmlutils.losses import quadruplet
 from dmlutils.losses.quadruplet import QuadrupletLoss
 from dmlutils.losses.triplet import TripletLoss
 torch.set_num_threads(1)

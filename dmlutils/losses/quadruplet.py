@@ -39,7 +39,8 @@ S_lk - S_ij + margin_second > 0, and per negative pair the number of valid posit
 "Valid" excludes the anchor's class, which is counted by subtraction. The positive pairs
 are sorted (all together, and per class); for each negative pair (l, k) a binary search
 (`triplet.prefix_length`) finds how many positive pairs it violates with: a prefix of
-the ascending list, over all classes minus those of class y_l and of class y_k. A positive
+the ascending list, over all classes minus those of class y_l and of class y_k (read from
+a table of running class counts along that list, or binary-searched per class). A positive
 pair's count is then how many negative pairs' prefixes reach its rank (`triplet.count_greater`),
 over all negative pairs minus those involving its own class (l or k in it; disjoint cases,
 as y_l != y_k). O(B^2 log B) time, O(B^2) memory; the 10^6 negative pairs of a batch of
@@ -53,6 +54,12 @@ from torch import Tensor
 from .base import SimilarityLoss, check_similarity, label_masks
 from .registry import register
 from .triplet import check_margin, count_greater, hinge_sum, prefix_length, triplet_term
+
+
+# Largest (classes x positive pairs) table of running class counts (int64 entries): 0.8 M at
+# 200 x 5, 3.2 M at 400 x 5. Unbalanced batches (one large class among many small ones) can
+# reach ~B^3 / 14; past this size each class's list is binary-searched instead (slower, O(B^2) memory).
+CLASS_TABLE_LIMIT = 2**22
 
 
 def quadruplet_violation_counts(S: Tensor, labels: Tensor, margin_second: float) -> tuple[Tensor, Tensor]:
@@ -86,11 +93,20 @@ def quadruplet_violation_counts(S: Tensor, labels: Tensor, margin_second: float)
     # Per negative pair (l, k): violating positive pairs of any class, minus those of class y_l and y_k.
     violates = lambda s_ij: s_neg - s_ij + margin_second > 0  # noqa: E731
     everywhere = prefix_length(s_pos[ascending], torch.zeros_like(l), torch.full_like(l, n_pos), violates)
-    sorted_by_class = s_pos[by_class]
-    within = [
-        prefix_length(sorted_by_class, class_start[member_class], class_size[member_class], violates)
-        for member_class in (l_class, k_class)
-    ]
+    # The violated pairs of class c are the class-c pairs among the first `everywhere` of the
+    # global list (the same pairs, in the same order, as a prefix of class c's list).
+    if num_classes * (n_pos + 1) <= CLASS_TABLE_LIMIT:
+        # A (classes, n_pos + 1) table of running counts, read with no search at all.
+        running_count = torch.zeros(num_classes, n_pos + 1, dtype=torch.long, device=S.device)
+        running_count[positive_class[ascending], torch.arange(1, n_pos + 1, device=S.device)] = 1
+        running_count = running_count.cumsum(1).view(-1)
+        within = [running_count[member_class * (n_pos + 1) + everywhere] for member_class in (l_class, k_class)]
+    else:
+        sorted_by_class = s_pos[by_class]
+        within = [
+            prefix_length(sorted_by_class, class_start[member_class], class_size[member_class], violates)
+            for member_class in (l_class, k_class)
+        ]
     signed_counts[l, k] = -(everywhere - within[0] - within[1])
 
     # Per positive pair: the pair of rank r in a list is violated by the negative pairs whose
