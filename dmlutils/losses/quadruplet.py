@@ -112,14 +112,14 @@ def quadruplet_violation_counts(S: Tensor, labels: Tensor, margin_second: float)
     # Per positive pair: the pair of rank r in a list is violated by the negative pairs whose
     # prefix in that list is longer than r: over all negative pairs in the global list, minus
     # the negative pairs involving its class (l or k in it; disjoint, as y_l != y_k) in its class's list.
-    longest_class = int(class_size.max())
-    per_class_rank = count_greater(
-        torch.cat(within), torch.cat((l_class, k_class)), num_classes, longest_class
-    )
-    rank_in_class = torch.arange(n_pos, device=S.device) - class_start[positive_class[by_class]]
+    rank = torch.arange(n_pos, device=S.device)
     per_pair = torch.zeros_like(s_pos, dtype=torch.long)
-    per_pair[ascending] = count_greater(everywhere, torch.zeros_like(l), 1, n_pos)[0]
-    per_pair[by_class] -= per_class_rank[positive_class[by_class], rank_in_class]
+    one_list = torch.zeros_like(rank)
+    per_pair[ascending] = count_greater(everywhere, torch.zeros_like(l), class_size.new_full((1,), n_pos), one_list, rank)
+    class_in_order = positive_class[by_class]
+    per_pair[by_class] -= count_greater(
+        torch.cat(within), torch.cat((l_class, k_class)), class_size, class_in_order, rank - class_start[class_in_order]
+    )
     signed_counts[i, j] = per_pair
 
     involving_class = torch.bincount(l_class, minlength=num_classes) + torch.bincount(k_class, minlength=num_classes)

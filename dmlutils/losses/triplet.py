@@ -80,16 +80,21 @@ def prefix_length(values: Tensor, start: Tensor, length: Tensor, in_prefix: Call
     return count
 
 
-def count_greater(thresholds: Tensor, segment: Tensor, num_segments: int, segment_length: int) -> Tensor:
-    """(num_segments, segment_length) tensor: entry [s, r] = #{queries of segment s with threshold > r}.
+def count_greater(
+    thresholds: Tensor, query_segment: Tensor, segment_length: Tensor, item_segment: Tensor, item_rank: Tensor
+) -> Tensor:
+    """Per item (segment s, rank r): #{queries of segment s with threshold > r}.
 
     The transpose of a prefix count: if each query violates the first `threshold` items of
     its segment (in sorted order), item r of segment s is violated by this many queries.
-    One bincount and a reversed cumulative sum instead of a sort of the queries.
+    One bincount (segment s owns segment_length[s] + 1 slots) and a reversed cumulative sum,
+    instead of a sort of the queries; memory grows with the items, not segments x longest.
     """
-    histogram = torch.bincount(segment * (segment_length + 1) + thresholds, minlength=num_segments * (segment_length + 1))
-    at_least = histogram.view(num_segments, segment_length + 1).flip(1).cumsum(1).flip(1)
-    return at_least[:, 1:]
+    slots = segment_length + 1
+    offset = slots.cumsum(0) - slots
+    histogram = torch.bincount(offset[query_segment] + thresholds, minlength=int(slots.sum()))
+    at_least = torch.cat((histogram.flip(0).cumsum(0).flip(0), histogram.new_zeros(1)))  # sum of slots >= x
+    return at_least[offset[item_segment] + item_rank + 1] - at_least[(offset + slots)[item_segment]]
 
 
 def triplet_violation_counts(S: Tensor, labels: Tensor, margin: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -126,10 +131,12 @@ def triplet_violation_counts(S: Tensor, labels: Tensor, margin: float) -> tuple[
 
     # Anchor-positive pairs: the positive of rank r violates with exactly the negatives
     # whose count of violating positives exceeds r.
-    per_rank = count_greater(violating_positives, anchor, batch, most_positives)
-    is_positive = torch.arange(most_positives, device=S.device) < positives_per_anchor[:, None]
-    rows = torch.arange(batch, device=S.device)[:, None].expand(-1, most_positives)
-    counts[rows[is_positive], positive_index[is_positive]] = per_rank[is_positive]
+    rank = torch.arange(most_positives, device=S.device).expand(batch, -1)
+    is_positive = rank < positives_per_anchor[:, None]
+    rows = torch.arange(batch, device=S.device)[:, None].expand(-1, most_positives)[is_positive]
+    counts[rows, positive_index[is_positive]] = count_greater(
+        violating_positives, anchor, positives_per_anchor, rows, rank[is_positive]
+    )
     return counts, positive, negative
 
 
