@@ -74,18 +74,6 @@ def build_loss(name: str, num_classes: int, dim: int):
     return get_loss(name)
 
 
-def working_set_bytes(name: str, batch: int, k: int = 5) -> float:
-    """Rough peak memory of the losses whose tensors grow faster than B^2 (float32 + masks)."""
-    if name == "triplet":  # (B, B, B) hinge values and masks
-        return batch**3 * 10.0
-    if name == "quadruplet":  # (positive pairs) x (negative pairs)
-        return batch * (k - 1) * batch * (batch - k) * 10.0
-    return 0.0
-
-
-MEMORY_LIMIT = 2 * 2**30
-
-
 def run(batches=(80,), dim=512, device="cpu", min_run_time=1.0, skip_loop_above=2000) -> dict:
     torch.manual_seed(0)
     report = {
@@ -112,9 +100,7 @@ def run(batches=(80,), dim=512, device="cpu", min_run_time=1.0, skip_loop_above=
             "speed-up vs": {k: v / ours for k, v in ms.items() if k != "ours (vectorised)"},
         }
         report["all_losses"][str(batch)] = {
-            name: None  # skipped: its B^3 / B^4-like working set would not fit (see working_set_bytes)
-            if working_set_bytes(name, batch) > MEMORY_LIMIT
-            else forward_backward_seconds(
+            name: forward_backward_seconds(
                 build_loss(name, int(labels.max()) + 1, dim).to(device), embeddings, labels, min_run_time
             )
             for name in sorted(LOSSES)

@@ -1,14 +1,23 @@
 """QuadrupletLoss against a direct 4-nested loop over the paper's quadruplets, and autograd.
 
 pytorch-metric-learning has no quadruplet loss, so the oracle is the paper's definition
-enumerated index by index (float64).
+enumerated index by index (float64). The dense (positive pairs x negative pairs) implementation
+that the counting one replaced is kept here (`dense_quadruplet`) to check values and weights.
 """
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from batches import pk_batch, unbalanced_batch, value_and_grad
+from test_loss_triplet import dense_triplet, grid_similarity, tied_batch
 
 from dmlutils.gpw import autograd_pair_weights
-from dmlutils.losses.base import cosine_similarity_matrix
+from dmlutils.losses.base import cosine_similarity_matrix, label_masks
+from dmlutils.losses import quadruplet
 from dmlutils.losses.quadruplet import QuadrupletLoss
 from dmlutils.losses.triplet import TripletLoss
 
@@ -21,6 +30,25 @@ BATCHES = [
 MARGINS = [dict(margin=0.1, margin_second=0.05), dict(margin=0.3, margin_second=0.2), dict(margin=0.0, margin_second=0.0)]
 
 
+def dense_quadruplet(S, labels, margin, margin_second):
+    """(value, W) of the original implementation: the second term as a dense
+    (positive pairs) x (negative pairs) matrix of hinges."""
+    triplet_value, W = dense_triplet(S, labels, margin, "mean")
+    positive, negative = label_masks(labels)
+    positive_pairs, negative_pairs = positive.nonzero(), negative.nonzero()
+    anchor_label = labels[positive_pairs[:, 0]][:, None]
+    valid = (labels[negative_pairs[:, 0]][None, :] != anchor_label) & (labels[negative_pairs[:, 1]][None, :] != anchor_label)
+    hinge = (
+        S[negative_pairs[:, 0], negative_pairs[:, 1]][None, :]
+        - S[positive_pairs[:, 0], positive_pairs[:, 1]][:, None]
+        + margin_second
+    )
+    count = valid.sum().clamp_min(1).to(S.dtype)
+    value = triplet_value + torch.where(valid, torch.relu(hinge), torch.zeros_like(hinge)).sum() / count
+    coefficients = (valid & (hinge > 0)).to(S.dtype) / count
+    W = W.index_put((positive_pairs[:, 0], positive_pairs[:, 1]), coefficients.sum(dim=1), accumulate=True)
+    W = W.index_put((negative_pairs[:, 0], negative_pairs[:, 1]), -coefficients.sum(dim=0), accumulate=True)
+    return value, W
 
 
 def quadruplet_loop(embeddings, labels, margin, margin_second):
@@ -133,3 +161,96 @@ def test_batch_satisfying_every_constraint_has_zero_loss_and_zero_gradient():
 def test_bad_hyperparameters_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         QuadrupletLoss(**kwargs)
+
+
+@pytest.fixture(params=["table", "search"])
+def class_counts(request, monkeypatch):
+    """Both ways of counting a negative pair's violations within a class: the table of running
+    counts (small batches) and the per-class binary search (past CLASS_TABLE_LIMIT)."""
+    if request.param == "search":
+        monkeypatch.setattr(quadruplet, "CLASS_TABLE_LIMIT", 0)
+    return request.param
+
+
+DENSE_BATCHES = BATCHES + [
+    pytest.param(tied_batch, id="ties"),
+    pytest.param(lambda: pk_batch(16, 5, dim=32, seed=6), id="pk16x5"),
+    pytest.param(lambda: unbalanced_batch([12, 2, 1, 5, 1, 3, 2], seed=11), id="unbalanced-one-large-class"),
+]
+
+
+@pytest.mark.parametrize("make_batch", DENSE_BATCHES)
+@pytest.mark.parametrize("margins", MARGINS)
+def test_value_and_pair_weights_equal_the_dense_implementation(make_batch, margins, class_counts):
+    embeddings, labels = make_batch()
+    S = cosine_similarity_matrix(embeddings)
+    loss = QuadrupletLoss(**margins)
+    expected_value, expected_W = dense_quadruplet(S, labels, **margins)
+    value, W = loss.value_and_pair_weights(S, labels)
+    assert expected_value > 0
+    torch.testing.assert_close(value, expected_value, rtol=0, atol=1e-10)
+    torch.testing.assert_close(W, expected_W, rtol=0, atol=1e-10)
+    torch.testing.assert_close(loss.from_similarity(S, labels), expected_value, rtol=0, atol=1e-10)
+    torch.testing.assert_close(loss.pair_weights(S, labels), expected_W, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    "margins",
+    [dict(margin=0.1, margin_second=0.05), dict(margin=0.125, margin_second=0.1), dict(margin=0.0, margin_second=0.0)],
+)
+def test_hinges_at_exactly_zero_are_classified_like_the_dense_implementation(seed, dtype, margins, class_counts):
+    # 5 classes so that the second term has many quadruplets; its hinges S_lk - S_ij + margin_second
+    # on grid values are often exactly 0 (no weight) or one rounding away from it (weight 1/count).
+    S, labels = grid_similarity(seed, batch=16, num_classes=5, dtype=dtype)
+    positive, negative = label_masks(labels)
+    second_hinges = S[negative][None, :] - S[positive][:, None] + margins["margin_second"]
+    assert (second_hinges == 0).any()
+    expected_value, expected_W = dense_quadruplet(S, labels, **margins)
+    value, W = QuadrupletLoss(**margins).value_and_pair_weights(S, labels)
+    tolerance = dict(rtol=0, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(value, expected_value, **tolerance)
+    torch.testing.assert_close(W, expected_W, **tolerance)
+
+
+# Forward + backward of TripletLoss, then QuadrupletLoss, on a 200 x 5 batch of 512-d float32
+# embeddings, in a fresh process; prints the growth of the peak resident memory (ru_maxrss,
+# KiB on Linux) over a baseline that already holds the embeddings and one S-sized matmul.
+MEMORY_SCRIPT = """
+import json, resource, torch
+from dmlutils.losses import quadruplet
+from dmlutils.losses.quadruplet import QuadrupletLoss
+from dmlutils.losses.triplet import TripletLoss
+torch.set_num_threads(1)
+g = torch.Generator().manual_seed(0)
+labels = torch.arange(200).repeat_interleave(5)
+embeddings = (torch.randn(200, 512, generator=g)[labels] + 1.5 * torch.randn(1000, 512, generator=g)).requires_grad_(True)
+(embeddings @ embeddings.T).sum().backward()
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base, growth = peak(), {}
+for loss in (TripletLoss(), QuadrupletLoss()):
+    embeddings.grad = None
+    loss(embeddings, labels).backward()
+    assert torch.isfinite(embeddings.grad).all() and embeddings.grad.abs().sum() > 0
+    growth[type(loss).__name__] = peak() - base
+print(json.dumps(growth))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss is in KiB on Linux only")
+def test_batch_of_1000_trains_in_bounded_memory():
+    # Materialised, the triplets of this batch are a (1000, 1000, 1000) tensor (4 GB in float32
+    # for the hinges alone) and the quadruplet term a 4000 x 995000 matrix (16 GB); counting keeps
+    # both within a few (B, B) tensors. Each loss (the quadruplet one includes the triplet term)
+    # must stay under 512 MiB of extra peak memory.
+    root = Path(__file__).resolve().parents[1]
+    python_path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=python_path)
+    result = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    growth = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(growth) == {"TripletLoss", "QuadrupletLoss"}
+    for name, extra_bytes in growth.items():
+        assert extra_bytes < 512 * 2**20, f"{name}: {extra_bytes / 2**20:.0f} MiB"

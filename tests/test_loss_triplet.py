@@ -1,4 +1,5 @@
-"""TripletLoss against pytorch-metric-learning, a triplet loop, FaceNet's squared distances, and autograd."""
+"""TripletLoss against pytorch-metric-learning, a triplet loop, FaceNet's squared distances, autograd,
+and the dense (B, B, B) implementation it replaced (kept here as `dense_triplet`)."""
 import pytest
 import torch
 from batches import pk_batch, unbalanced_batch, value_and_grad
@@ -8,8 +9,8 @@ from pytorch_metric_learning.reducers import AvgNonZeroReducer, MeanReducer
 from pytorch_metric_learning.utils.loss_and_miner_utils import get_all_triplets_indices
 
 from dmlutils.gpw import autograd_pair_weights
-from dmlutils.losses.base import cosine_similarity_matrix
-from dmlutils.losses.triplet import TripletLoss, triplet_mask
+from dmlutils.losses.base import cosine_similarity_matrix, label_masks
+from dmlutils.losses.triplet import TripletLoss
 
 BATCHES = [
     pytest.param(lambda: pk_batch(8, 4, seed=1), id="pk8x4"),
@@ -20,6 +21,40 @@ BATCHES = [
 MARGINS = [0.1, 0.3, 0.0]
 
 
+def tied_batch():
+    """Duplicated embeddings, within and across classes: tied similarities everywhere."""
+    embeddings, labels = pk_batch(6, 4, seed=9)
+    embeddings[1] = embeddings[0]
+    embeddings[7] = embeddings[0]
+    embeddings[10] = embeddings[3]
+    return embeddings, labels
+
+
+def grid_similarity(seed, batch=14, num_classes=4, dtype=torch.float64):
+    """A made-up S whose entries come from a coarse grid, so that many hinges S_an - S_ap + margin
+    are exactly 0 or within one rounding of 0 (0.3 - 0.2 - 0.1 != 0 in floating point)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, num_classes, (batch,), generator=g)
+    grid = torch.tensor([-0.2, -0.1, 0.0, 0.05, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.375, 0.4], dtype=dtype)
+    return grid[torch.randint(0, len(grid), (batch, batch), generator=g)], labels
+
+
+def dense_triplet_mask(labels):
+    """(B, B, B) boolean mask, [a, p, n] True when p is a positive of a and n a negative of a."""
+    positive, negative = label_masks(labels)
+    return positive[:, :, None] & negative[:, None, :]
+
+
+def dense_triplet(S, labels, margin, reduction):
+    """(value, W) of the original implementation, every triplet materialised as a (B, B, B) tensor."""
+    hinge = S[:, None, :] - S[:, :, None] + margin
+    averaged = dense_triplet_mask(labels)
+    if reduction == "nonzero_mean":
+        averaged = averaged & (hinge > 0)
+    count = averaged.sum().clamp_min(1).to(S.dtype)
+    value = torch.where(averaged, torch.relu(hinge), torch.zeros_like(hinge)).sum() / count
+    coefficients = (averaged & (hinge > 0)).to(S.dtype) / count
+    return value, coefficients.sum(dim=2) - coefficients.sum(dim=1)
 
 
 def pml_triplet(margin, reduction):
@@ -49,7 +84,7 @@ def triplet_loop(embeddings, labels, margin, reduction="mean"):
 @pytest.mark.parametrize("make_batch", BATCHES)
 def test_triplet_mask_is_pmls_set_of_all_triplets(make_batch):
     _, labels = make_batch()
-    ours = set(map(tuple, triplet_mask(labels).nonzero().tolist()))
+    ours = set(map(tuple, dense_triplet_mask(labels).nonzero().tolist()))
     a, p, n = get_all_triplets_indices(labels)
     pml = set(zip(a.tolist(), p.tolist(), n.tolist()))
     assert ours == pml and len(ours) > 0
@@ -153,3 +188,43 @@ def test_batch_satisfying_every_triplet_has_zero_loss_and_zero_gradient(reductio
 def test_bad_hyperparameters_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TripletLoss(**kwargs)
+
+
+DENSE_BATCHES = BATCHES + [
+    pytest.param(tied_batch, id="ties"),
+    pytest.param(lambda: pk_batch(20, 5, seed=10, spread=1.5), id="pk20x5"),
+    pytest.param(lambda: unbalanced_batch([30, 2, 1, 5, 1, 9], seed=11), id="unbalanced-one-large-class"),
+]
+
+
+@pytest.mark.parametrize("make_batch", DENSE_BATCHES)
+@pytest.mark.parametrize("margin", MARGINS)
+@pytest.mark.parametrize("reduction", ["mean", "nonzero_mean"])
+def test_value_and_pair_weights_equal_the_dense_implementation(make_batch, margin, reduction):
+    embeddings, labels = make_batch()
+    S = cosine_similarity_matrix(embeddings)
+    loss = TripletLoss(margin, reduction)
+    expected_value, expected_W = dense_triplet(S, labels, margin, reduction)
+    value, W = loss.value_and_pair_weights(S, labels)
+    assert expected_value > 0
+    torch.testing.assert_close(value, expected_value, rtol=0, atol=1e-10)
+    torch.testing.assert_close(W, expected_W, rtol=0, atol=1e-10)
+    torch.testing.assert_close(loss.from_similarity(S, labels), expected_value, rtol=0, atol=1e-10)
+    torch.testing.assert_close(loss.pair_weights(S, labels), expected_W, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("margin", [0.1, 0.125, 0.0])
+@pytest.mark.parametrize("reduction", ["mean", "nonzero_mean"])
+def test_hinges_at_exactly_zero_are_classified_like_the_dense_implementation(seed, dtype, margin, reduction):
+    # A hinge that rounds to 0 has no weight (relu'(0) = 0), one that rounds to 1e-17 has
+    # weight 1/count: a single triplet classified differently moves W by 1/count >> atol.
+    S, labels = grid_similarity(seed, dtype=dtype)
+    hinge = S[:, None, :] - S[:, :, None] + margin
+    assert ((hinge == 0) & dense_triplet_mask(labels)).any()
+    expected_value, expected_W = dense_triplet(S, labels, margin, reduction)
+    value, W = TripletLoss(margin, reduction).value_and_pair_weights(S, labels)
+    tolerance = dict(rtol=0, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(value, expected_value, **tolerance)
+    torch.testing.assert_close(W, expected_W, **tolerance)

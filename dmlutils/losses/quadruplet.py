@@ -30,33 +30,101 @@ Deviations from the paper, and why:
 
 GPW view: the triplet term gives the weights of `TripletLoss`; each violating quadruplet
 adds +c2 to W_ij (its positive pair) and -c2 to W_lk (its negative pair), c2 = 1/(number of
-quadruplets). The quadruplets are never materialised as a B^4 tensor: the second term is a
-(positive pairs) x (negative pairs) matrix — 320 x 6000 at a 16 x 5 batch.
+quadruplets).
+
+Computation: the quadruplets are never materialised (about 4 * 10^9 of them at a 200 x 5
+batch). As in `triplet`, the second term is linear in S given its violation counts:
+per positive pair (i, j), the number of valid negative pairs (l, k) with
+S_lk - S_ij + margin_second > 0, and per negative pair the number of valid positive pairs.
+"Valid" excludes the anchor's class, which is counted by subtraction. The positive pairs
+are sorted (all together, and per class); for each negative pair (l, k) a binary search
+(`triplet.prefix_length`) finds how many positive pairs it violates with: a prefix of
+the ascending list, over all classes minus those of class y_l and of class y_k (read from
+a table of running class counts along that list, or binary-searched per class). A positive
+pair's count is then how many negative pairs' prefixes reach its rank (`triplet.count_greater`),
+over all negative pairs minus those involving its own class (l or k in it; disjoint cases,
+as y_l != y_k). O(B^2 log B) time, O(B^2) memory; the 10^6 negative pairs of a batch of
+1000 are never sorted.
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor
 
-from .base import SimilarityLoss, check_similarity, label_masks, masked_mean
+from .base import SimilarityLoss, check_similarity, label_masks
 from .registry import register
-from .triplet import check_margin, triplet_hinge, triplet_mask, triplet_pair_weights
+from .triplet import check_margin, count_greater, hinge_sum, prefix_length, triplet_term
 
 
-def quadruplet_pairs(labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(positive pairs (n_pos, 2), negative pairs (n_neg, 2), valid (n_pos, n_neg) mask).
+# Largest (classes x positive pairs) table of running class counts (int64 entries): 0.8 M at
+# 200 x 5, 3.2 M at 400 x 5. Unbalanced batches (one large class among many small ones) can
+# reach ~B^3 / 14; past this size each class's list is binary-searched instead (slower, O(B^2) memory).
+CLASS_TABLE_LIMIT = 2**22
 
-    Row q of the positive pairs is (i, j), row r of the negative pairs is (l, k); valid[q, r]
-    when neither l nor k has the label of i (the negative pair's labels differ by construction).
+
+def quadruplet_violation_counts(S: Tensor, labels: Tensor, margin_second: float) -> tuple[Tensor, Tensor]:
+    """(signed counts, number of quadruplets) of the second term.
+
+    signed_counts[i, j] = #{valid (l, k) : S_lk - S_ij + margin_second > 0} on positive pairs,
+    signed_counts[l, k] = -#{valid (i, j) : same hinge > 0} on negative pairs (int64), with the
+    hinge evaluated exactly as the elementwise formula would. Valid: j in P_i, y_l != y_k and
+    neither y_l nor y_k equals y_i.
     """
+    S = S.detach()  # the counts are constants of S (the term is piecewise linear in it)
     positive, negative = label_masks(labels)
-    positive_pairs = positive.nonzero()
-    negative_pairs = negative.nonzero()
-    anchor_label = labels[positive_pairs[:, 0]][:, None]
-    valid = (labels[negative_pairs[:, 0]][None, :] != anchor_label) & (
-        labels[negative_pairs[:, 1]][None, :] != anchor_label
+    signed_counts = torch.zeros_like(S, dtype=torch.long)
+    i, j = positive.nonzero(as_tuple=True)
+    l, k = negative.nonzero(as_tuple=True)  # noqa: E741 - the paper's name
+    if i.numel() == 0 or l.numel() == 0:
+        return signed_counts, torch.zeros((), dtype=torch.long, device=S.device)
+    classes = torch.unique(labels, return_inverse=True)[1]
+    num_classes = int(classes.max()) + 1
+    s_pos, s_neg = S[i, j], S[l, k]
+    positive_class, l_class, k_class = classes[i], classes[l], classes[k]
+    n_pos, n_neg = s_pos.numel(), s_neg.numel()
+
+    # The positive pairs in ascending S_ij, all together and grouped by class (class c at
+    # class_start[c] onwards, class_size[c] of them). A negative pair violates with a prefix of each list.
+    ascending = s_pos.argsort()
+    by_class = ascending[positive_class[ascending].argsort(stable=True)]  # stable: ascending within a class
+    class_size = torch.bincount(positive_class, minlength=num_classes)
+    class_start = class_size.cumsum(0) - class_size
+
+    # Per negative pair (l, k): violating positive pairs of any class, minus those of class y_l and y_k.
+    violates = lambda s_ij: s_neg - s_ij + margin_second > 0  # noqa: E731
+    everywhere = prefix_length(s_pos[ascending], torch.zeros_like(l), torch.full_like(l, n_pos), violates)
+    # The violated pairs of class c are the class-c pairs among the first `everywhere` of the
+    # global list (the same pairs, in the same order, as a prefix of class c's list).
+    if num_classes * (n_pos + 1) <= CLASS_TABLE_LIMIT:
+        # A (classes, n_pos + 1) table of running counts, read with no search at all.
+        running_count = torch.zeros(num_classes, n_pos + 1, dtype=torch.long, device=S.device)
+        running_count[positive_class[ascending], torch.arange(1, n_pos + 1, device=S.device)] = 1
+        running_count = running_count.cumsum(1).view(-1)
+        within = [running_count[member_class * (n_pos + 1) + everywhere] for member_class in (l_class, k_class)]
+    else:
+        sorted_by_class = s_pos[by_class]
+        within = [
+            prefix_length(sorted_by_class, class_start[member_class], class_size[member_class], violates)
+            for member_class in (l_class, k_class)
+        ]
+    signed_counts[l, k] = -(everywhere - within[0] - within[1])
+
+    # Per positive pair: the pair of rank r in a list is violated by the negative pairs whose
+    # prefix in that list is longer than r: over all negative pairs in the global list, minus
+    # the negative pairs involving its class (l or k in it; disjoint, as y_l != y_k) in its class's list.
+    rank = torch.arange(n_pos, device=S.device)
+    per_pair = torch.zeros_like(s_pos, dtype=torch.long)
+    one_list = torch.zeros_like(rank)
+    per_pair[ascending] = count_greater(everywhere, torch.zeros_like(l), class_size.new_full((1,), n_pos), one_list, rank)
+    class_in_order = positive_class[by_class]
+    per_pair[by_class] -= count_greater(
+        torch.cat(within), torch.cat((l_class, k_class)), class_size, class_in_order, rank - class_start[class_in_order]
     )
-    return positive_pairs, negative_pairs, valid
+    signed_counts[i, j] = per_pair
+
+    involving_class = torch.bincount(l_class, minlength=num_classes) + torch.bincount(k_class, minlength=num_classes)
+    number_of_quadruplets = (n_neg - involving_class[positive_class]).sum()
+    return signed_counts, number_of_quadruplets
 
 
 @register("quadruplet")
@@ -70,28 +138,20 @@ class QuadrupletLoss(SimilarityLoss):
         self.margin = float(margin)
         self.margin_second = float(margin_second)
 
-    def _quadruplet_hinge(self, S: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        positive_pairs, negative_pairs, valid = quadruplet_pairs(labels)
-        positive_similarity = S[positive_pairs[:, 0], positive_pairs[:, 1]]
-        negative_similarity = S[negative_pairs[:, 0], negative_pairs[:, 1]]
-        hinge = negative_similarity[None, :] - positive_similarity[:, None] + self.margin_second
-        return hinge, valid, positive_pairs, negative_pairs
+    def value_and_pair_weights(self, S: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(loss, W): the triplet term's, plus per violating quadruplet +c2 on (i, j) and -c2 on (l, k).
+        The value is differentiable in S (the plain autograd path of `from_similarity`)."""
+        triplet_value, triplet_weights = triplet_term(S, labels, self.margin, "mean")
+        signed_counts, number_of_quadruplets = quadruplet_violation_counts(S, labels, self.margin_second)
+        c2 = number_of_quadruplets.clamp_min(1).to(S.dtype)
+        value = triplet_value + hinge_sum(S, signed_counts, self.margin_second) / c2
+        return value, triplet_weights + signed_counts.to(S.dtype) / c2
 
     def from_similarity(self, S: Tensor, labels: Tensor) -> Tensor:
         check_similarity(S, labels)
-        triplet_term = masked_mean(F.relu(triplet_hinge(S, self.margin)), triplet_mask(labels))
-        hinge, valid, _, _ = self._quadruplet_hinge(S, labels)
-        return triplet_term + masked_mean(F.relu(hinge), valid)
+        return self.value_and_pair_weights(S, labels)[0]
 
     def pair_weights(self, S: Tensor, labels: Tensor) -> Tensor:
         """W = -dL/dS: the triplet weights plus, per violating quadruplet, +c2 on (i, j), -c2 on (l, k)."""
         check_similarity(S, labels)
-        triplets = triplet_mask(labels)
-        violating_triplets = triplets & (triplet_hinge(S, self.margin) > 0)
-        W = triplet_pair_weights(violating_triplets.to(S.dtype) / triplets.sum().clamp_min(1).to(S.dtype))
-
-        hinge, valid, positive_pairs, negative_pairs = self._quadruplet_hinge(S, labels)
-        coefficients = (valid & (hinge > 0)).to(S.dtype) / valid.sum().clamp_min(1).to(S.dtype)
-        W = W.index_put((positive_pairs[:, 0], positive_pairs[:, 1]), coefficients.sum(dim=1), accumulate=True)
-        W = W.index_put((negative_pairs[:, 0], negative_pairs[:, 1]), -coefficients.sum(dim=0), accumulate=True)
-        return W
+        return self.value_and_pair_weights(S, labels)[1]
