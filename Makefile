@@ -26,7 +26,7 @@ book: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
-# Every benchmark, one thread each: results/benchmarks/<name>.json + .md and README.md (~20 min).
+# Every benchmark, one thread each: results/benchmarks/<name>.json + .md and README.md (~12 min).
 # Some of them: make bench BENCH_ARGS="--only losses,growth"; a tiny check: BENCH_ARGS=--small.
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)

@@ -277,7 +277,8 @@ def markdown(report: dict) -> str:
         f"({shape}, synthetic), batch 16 x 5, {report['torch_threads']} torch thread(s); "
         "median over the timed steps (the step includes the batch gather, forward, loss, backward and Adam).",
         "",
-        "| loss | steps timed | s / step (median) | s / step (best) | iterations/s | projected 400 iterations (min) |",
+        "| loss | steps timed | s / step (median) | s / step (best) | iterations/s "
+        f"| projected {next(iter(report['training'].values()))['profile_iterations']} iterations (min) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, row in report["training"].items():
@@ -304,6 +305,10 @@ def markdown(report: dict) -> str:
             f"| {cb['seconds']:.1f} | {cb['images_per_s']:.1f} | full cache ({cb['full_cache_images']:,} images, "
             f"{cb['full_cache_bytes'] / 2**30:.2f} GiB): {cb['projected_full_cache_seconds'] / 60:.1f} min |"
         )
+    projected = report.get("projected_cpu_run_seconds")
+    if projected:
+        lines += ["", "Projected cpu-profile run from these rates: "
+                  + "; ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in projected.items()) + "."]
     records = report.get("from_run_records")
     if records:
         cache_min = records["cache_seconds_median"]

@@ -166,16 +166,26 @@ def plot(report: dict, path: Path) -> None:
         slope = "n/a" if curve["slope"] is None else f"{curve['slope']:.2f}"
         left.plot([p["size"] for p in pts], [p["seconds"] * 1e3 for p in pts], "o-", color=colour,
                   label=f"{name} (B^{slope})")
-    left.set(xscale="log", yscale="log", xlabel="batch size B (embeddings of size "
-             f"{report['dim']})", ylabel="forward + backward (ms)", title="Loss time vs batch size")
-    left.legend(fontsize=8)
     curve = report["evaluation"]["evaluate"]
     pts = curve["points"]
     right.plot([p["size"] for p in pts], [p["seconds"] for p in pts], "o-", color="black",
                label=f"dmlutils.metrics.evaluate (n^{curve['slope']:.2f})")
-    right.set(xscale="log", yscale="log", xlabel=f"gallery size n (every item a query; size {report['dim']})",
-              ylabel="seconds", title="Evaluation time vs gallery size")
-    right.legend(fontsize=8)
+    for axis, sizes, unit, corner in ((left, report["batches"], 1e3, "lower right"),
+                                      (right, report["galleries"], 1.0, "upper left")):
+        # a dashed size^2 guide through the median curve's last point, to read the slopes against
+        last = sorted(c["points"][-1]["seconds"] * unit for c in report["losses"].values()
+                      if c["points"][-1]["size"] == sizes[-1]) if axis is left else [pts[-1]["seconds"]]
+        if last:
+            anchor = last[len(last) // 2]
+            axis.plot(sizes, [anchor * (s / sizes[-1]) ** 2 for s in sizes], "--", color="grey", lw=1, label="slope 2")
+        axis.set(xscale="log", yscale="log")
+        axis.set_xticks(sizes, [f"{s:,}" for s in sizes])
+        axis.minorticks_off()
+        axis.legend(fontsize=8, loc=corner)
+    left.set(xlabel=f"batch size B (embeddings of size {report['dim']})", ylabel="forward + backward (ms)",
+             title="Loss time vs batch size")
+    right.set(xlabel=f"gallery size n (every item a query; size {report['dim']})", ylabel="seconds",
+              title="Evaluation time vs gallery size")
     fig.suptitle(f"Cost growth on {report['torch_threads']} CPU thread(s); exponents fitted over the "
                  f"largest {report['fit_points']} sizes of each curve", fontsize=10)
     fig.tight_layout()

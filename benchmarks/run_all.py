@@ -1,6 +1,6 @@
 """Run every benchmark and write its report: results/benchmarks/<name>.json + <name>.md.
 
-    python benchmarks/run_all.py                       # the full suite, 1 thread (~20 min)
+    python benchmarks/run_all.py                       # the full suite, 1 thread (~12 min)
     python benchmarks/run_all.py --only losses,growth  # some of them
     python benchmarks/run_all.py --small --out-dir /tmp/bench   # tiny sizes, a minute
 
@@ -182,7 +182,8 @@ def _run_and_wrap(bench, out_dir, small, threads, suite_command, data_root, json
             env["DML_DATA"] = str(data_root)
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
         stdout = process.stdout.read()  # the script's own printout (its tables); kept out of the way
-        # wait4, not wait: its resource usage is this child's own, so its peak RSS is the benchmark's.
+        # wait4, not wait, for the child's resource usage: on Linux its ru_maxrss is the largest peak
+        # RSS of the child and of the processes it waited for (metric workers, DataLoader workers).
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode != 0:
@@ -197,7 +198,8 @@ def _run_and_wrap(bench, out_dir, small, threads, suite_command, data_root, json
     busy = prov["load_average_before"][0] > threads + 0.5
     lines = [
         f"**{bench.title}.** " + provenance_line(prov)
-        + (f" Peak RSS of the benchmark's process: {wrapped['peak_rss_mib_benchmark_process']:.0f} MiB."
+        + (f" Largest peak RSS of the benchmark's processes (its own and the workers it started): "
+           f"{wrapped['peak_rss_mib_benchmark_process']:.0f} MiB."
            if "peak_rss_mib_benchmark_process" in wrapped else "")
         + (" The load average exceeded the thread count: other processes shared the cores, so times are "
            "pessimistic (ratios from the same run hold better)." if busy else ""),
@@ -259,8 +261,7 @@ def main(argv=None) -> int:
     if args.threads < 1:
         parser.error("--threads must be at least 1")
     out_dir = (args.out_dir or (SMALL_OUT_DIR if args.small else DEFAULT_OUT_DIR)).resolve()
-    suite_command = "python benchmarks/run_all.py" + ("" if argv is None and len(sys.argv) < 2 else
-                                                      " " + " ".join(sys.argv[1:] if argv is None else argv))
+    suite_command = " ".join(["python benchmarks/run_all.py", *(sys.argv[1:] if argv is None else argv)])
 
     from tqdm import tqdm
 

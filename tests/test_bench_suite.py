@@ -227,3 +227,23 @@ def test_a_failing_benchmark_keeps_the_previous_report_and_fails_the_suite(tmp_p
     assert "| 42 |" in (out / "good.md").read_text()
     assert (out / "bad.md").read_text() == "previous report\n"
     assert not (out / "bad.json").exists()
+
+
+def test_the_books_benchmark_section_shows_every_report_and_the_plot(suite):
+    """Run the code of notebook A1's benchmark cell on the suite's output folder."""
+    IPython_display = pytest.importorskip("IPython.display")
+    _, out, _ = suite
+    notebook = json.loads((REPO / "notebooks" / "A1_environment_and_provenance.ipynb").read_text())
+    (cell,) = [c for c in notebook["cells"] if c["cell_type"] == "code" and "benchmarks_dir" in "".join(c["source"])]
+    shown = []
+    results = out.parent / "results"
+    results.mkdir(exist_ok=True)
+    if not (results / "benchmarks").exists():
+        (results / "benchmarks").symlink_to(out)
+    namespace = {"Path": Path, "Markdown": IPython_display.Markdown, "display": shown.append, "results_dir": str(results)}
+    exec("".join(cell["source"]), namespace)
+    markdown = [item.data for item in shown if isinstance(item, IPython_display.Markdown)]
+    images = [item for item in shown if isinstance(item, IPython_display.Image)]
+    for name in run_all.BENCHMARKS:
+        assert any((out / f"{name}.md").read_text() in text for text in markdown), name
+    assert len(images) == 1 and images[0].data == (out / "growth.png").read_bytes()
