@@ -26,8 +26,10 @@ book: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+# Every benchmark, one thread each: results/benchmarks/<name>.json + .md and README.md (~12 min).
+# Some of them: make bench BENCH_ARGS="--only losses,growth"; a tiny check: BENCH_ARGS=--small.
 bench: $(VENV)/.installed
-	$(PY) benchmarks/bench_losses.py --batch 80 --out results/benchmarks/losses.json
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 # The nine cpu-profile run records and the baseline (needs CUB: $$DML_DATA or ./data).
 # A loss that already has a record is skipped; an interrupted run resumes from its checkpoint.

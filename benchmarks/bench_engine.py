@@ -1,0 +1,354 @@
+"""Speed of the cpu profile's real code path: training steps, evaluation, the activation cache.
+
+The cpu profile (dmlutils/profiles.py) caches the activations entering block 11 of
+EfficientNet-Lite0 for 5 augmented views of every CUB training image (and one view of
+every test image), then trains blocks 11-15 + the 512-d head on them. Measured here,
+each through the engine's own functions (build_model, _trainable_parameters, _Feeder,
+_FromCachedBlock, embed, test_metrics, activation_cache):
+
+1. training iterations/s: one P x K = 16 x 5 batch of cached activations gathered by
+   `_Feeder` + forward from block 11 + loss + backward + Adam step, for each loss asked
+   for. The activations are synthetic (random float16 of the real shape, read from the
+   model by running `forward_until_block` on one 144 x 144 image), so no cache file is
+   needed; only the loss's pair mining could depend on their values, and it is a small
+   share of a step.
+2. evaluation: embedding the 5,924 test images' cached activations + Recall@K / MAP@R.
+3. cache build: `activation_cache` itself (decode + augment in a DataLoader worker,
+   the frozen BN-folded prefix, saving to a temporary $DML_CACHE) on an evenly spread
+   subset of the real CUB images; the measured images/s gives the projected time for
+   the full cache (5 views x 5,864 training + 5,924 test = 35,244 images). Skipped, with
+   a note, when CUB is not found.
+
+Also quoted, for comparison: the cache time and wall time stored in the cpu run records
+under results/cpu/ (made by `python -m dmlutils train`).
+
+    python benchmarks/bench_engine.py --out /tmp/engine.json [--small] [--losses all]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, write_json_atomically  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from dmlutils import distributed  # noqa: E402
+from dmlutils.engine import (  # noqa: E402
+    _Feeder,
+    _FromCachedBlock,
+    _trainable_parameters,
+    activation_cache,
+    build_datasets,
+    build_loss,
+    build_model,
+    embed,
+    test_metrics,
+)
+from dmlutils.losses import LOSSES  # noqa: E402
+from dmlutils.profiles import make_config  # noqa: E402
+from dmlutils.samplers import PKSampler  # noqa: E402
+from dmlutils.xbm import with_cross_batch_memory  # noqa: E402
+
+CUB_TRAIN_IMAGES, CUB_TEST_IMAGES = 5_864, 5_924
+
+
+def activation_shape(model, config) -> tuple[int, ...]:
+    """(C, H, W) of the activation entering the cached block, for the profile's crop size."""
+    size = config["image_size"]
+    with torch.no_grad():
+        return tuple(model.backbone.eval().forward_until_block(torch.zeros(1, 3, size, size), config["cache_from_block"]).shape[1:])
+
+
+def synthetic_cache(shape, num_classes: int, per_class: int, views: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    n = num_classes * per_class
+    return {
+        "train": torch.randn(n, views, *shape, generator=g).to(torch.float16),
+        "train_labels": torch.arange(num_classes).repeat_interleave(per_class),
+    }
+
+
+def time_training_steps(base_model, loss_name: str, cache: dict, steps: int, warmup: int) -> dict:
+    """Seconds per training step on cached activations, as `engine._train` runs it."""
+    config = make_config("cpu", loss_name)
+    torch.manual_seed(config["seed"])
+    model = copy.deepcopy(base_model)  # each loss starts from the same pretrained weights
+    labels = cache["train_labels"].numpy()
+    base_loss = build_loss(config, int(labels.max()) + 1, model.embedding_dim)
+    loss_fn = distributed.GlobalBatchLoss(with_cross_batch_memory(base_loss, config["xbm_size"]))
+    backbone_params, head_params = _trainable_parameters(model, config)
+    # The same parameter groups and optimiser as engine._train builds.
+    groups = [
+        {"params": backbone_params, "lr": config["lr"]},
+        {"params": head_params + list(loss_fn.parameters()), "lr": config["head_lr"]},
+    ]
+    optimizer = torch.optim.Adam([g for g in groups if g["params"]], weight_decay=config["weight_decay"])
+    sampler = PKSampler(labels, p=config["p"], k=config["k"], seed=config["seed"])
+    feeder = _Feeder(config, None, cache, torch.device("cpu"))
+    module = _FromCachedBlock(model, config["cache_from_block"])
+    module.train()
+    loss_fn.train()
+    times = []
+    last = time.perf_counter()
+    # Timed from the end of one step to the end of the next: includes the feeder's gather.
+    for x, y in feeder.batches(sampler, 0, warmup + steps):
+        loss = loss_fn(module(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        float(loss.detach())
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
+    times = times[warmup:]
+    median = statistics.median(times)
+    return {
+        "steps": len(times),
+        "batch": config["p"] * config["k"],
+        "seconds_per_step_median": median,
+        "seconds_per_step_min": min(times),
+        "iterations_per_s": 1.0 / median,
+        "projected_training_seconds": config["iterations"] * median,
+        "profile_iterations": config["iterations"],
+    }
+
+
+def time_evaluation(model, config, shape, num_test: int, num_classes: int) -> dict:
+    """Embedding `num_test` cached test activations + the test metrics, as at each evaluation."""
+    g = torch.Generator().manual_seed(1)
+    activations = torch.randn(num_test, *shape, generator=g).to(torch.float16)
+    labels = np.arange(num_test) % num_classes
+    start = time.perf_counter()
+    embeddings = embed(model, activations, config, torch.device("cpu"), config["cache_from_block"])
+    embed_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    test_metrics(embeddings, labels, config["eval_ks"])
+    metrics_seconds = time.perf_counter() - start
+    evaluations = config["iterations"] // config["eval_every"] + 1
+    return {
+        "test_images": num_test,
+        "embed_seconds": embed_seconds,
+        "metrics_seconds": metrics_seconds,
+        "seconds": embed_seconds + metrics_seconds,
+        "evaluations_per_run": evaluations,
+        "projected_evaluation_seconds_per_run": evaluations * (embed_seconds + metrics_seconds),
+    }
+
+
+class _LabelledSubset(torch.utils.data.Subset):
+    """A Subset that keeps the `labels` and `root` attributes activation_cache reads."""
+
+    def __init__(self, dataset, indices):
+        super().__init__(dataset, indices)
+        self.labels = [dataset.labels[i] for i in indices]
+        self.root = getattr(dataset, "root", "")
+
+
+def time_cache_build(model, config, root, num_train: int, num_test: int) -> dict:
+    """`activation_cache` on a subset of CUB into a temporary cache folder."""
+    from dmlutils.book import cub_found
+
+    if not cub_found(root):
+        return {"skipped": f"CUB-200-2011 not found under {root or os.environ.get('DML_DATA', './data')} (set DML_DATA)"}
+    train, test = build_datasets(config, root)
+    subsets = []
+    for dataset, count in ((train, num_train), (test, num_test)):
+        indices = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int).tolist()
+        for i in indices:  # warm the page cache: measure decoding and the network, not the disk
+            Path(dataset.paths[i]).read_bytes()
+        subsets.append(_LabelledSubset(dataset, indices))
+    views = config["cache_views"]
+    images = views * len(subsets[0]) + len(subsets[1])
+    previous = os.environ.get("DML_CACHE")
+    with tempfile.TemporaryDirectory(prefix="bench_engine_cache_") as tmp:
+        os.environ["DML_CACHE"] = tmp
+        try:
+            start = time.perf_counter()
+            cache = activation_cache(config, model, subsets[0], subsets[1], progress=False)
+            seconds = time.perf_counter() - start
+        finally:
+            if previous is None:
+                os.environ.pop("DML_CACHE", None)
+            else:
+                os.environ["DML_CACHE"] = previous
+    full_images = views * len(train) + len(test)
+    rate = images / seconds
+    return {
+        "train_images": len(subsets[0]),
+        "test_images": len(subsets[1]),
+        "views": views,
+        "images": images,
+        "seconds": seconds,
+        "seconds_without_saving": cache["seconds"],
+        "images_per_s": rate,
+        "full_cache_images": full_images,
+        "full_cache_bytes": full_images * int(np.prod(cache["test"].shape[1:])) * 2,
+        "projected_full_cache_seconds": full_images / rate,
+        "loader_workers": max(1, config["num_workers"]),
+    }
+
+
+def from_run_records(records_dir: Path) -> dict | None:
+    """Cache and wall times that `python -m dmlutils train` stored in the cpu records."""
+    cache, per_iteration = [], []
+    threads = set()
+    for path in sorted(records_dir.glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if record.get("kind") != "train":
+            continue
+        if record.get("cache_seconds"):
+            cache.append(record["cache_seconds"])
+        iterations = record.get("config", {}).get("iterations")
+        if iterations and record.get("wall_time_seconds"):
+            per_iteration.append(record["wall_time_seconds"] / iterations)
+        threads.add(record.get("environment", {}).get("cpu_threads"))
+    if not per_iteration:
+        return None
+    return {
+        "records": len(per_iteration),
+        "records_dir": str(records_dir.relative_to(REPO) if records_dir.is_relative_to(REPO) else records_dir),
+        "cache_seconds_median": statistics.median(cache) if cache else None,
+        "wall_seconds_per_iteration_median": statistics.median(per_iteration),
+        "wall_seconds_per_iteration_range": [min(per_iteration), max(per_iteration)],
+        "threads": sorted(t for t in threads if t is not None),
+        "note": "wall time of the whole run (training + evaluations) / iterations, from the run records",
+    }
+
+
+def run(losses, steps: int, other_steps: int, warmup: int, small: bool, root=None, records_dir=REPO / "results" / "cpu") -> dict:
+    config = make_config("cpu", "multi_similarity")
+    torch.manual_seed(config["seed"])
+    model = build_model(config)
+    shape = activation_shape(model, config)
+    if small:  # the real shape and code path, tiny amounts
+        classes, per_class, num_test, cache_train, cache_test = 16, 6, 64, 2, 2
+    else:
+        classes, per_class, num_test, cache_train, cache_test = 100, 12, CUB_TEST_IMAGES, 96, 96
+    cache = synthetic_cache(shape, classes, per_class, config["cache_views"])
+    training = {}
+    for name in losses:
+        count = steps if name == "multi_similarity" else other_steps
+        print(f"  training steps: {name} ({count} steps)", file=sys.stderr)
+        training[name] = time_training_steps(model, name, cache, count, warmup)
+    print(f"  evaluation: {num_test} test activations", file=sys.stderr)
+    evaluation = time_evaluation(model, config, shape, num_test, 100)
+    print("  cache build", file=sys.stderr)
+    cache_build = time_cache_build(model, config, root, cache_train, cache_test)
+    report = {
+        "benchmark": "engine: the cpu profile's training step, evaluation and activation cache",
+        "small": small,
+        "profile": "cpu",
+        "cache_from_block": config["cache_from_block"],
+        "activation_shape": list(shape),
+        "activation_dtype": "float16 (cast to float32 per batch, as in training)",
+        "torch_threads": torch.get_num_threads(),
+        "training": training,
+        "evaluation": evaluation,
+        "cache_build": cache_build,
+        "from_run_records": from_run_records(Path(records_dir)),
+    }
+    ms = training.get("multi_similarity")
+    if ms and "projected_full_cache_seconds" in cache_build:
+        report["projected_cpu_run_seconds"] = {
+            "cache (once, shared by all runs)": cache_build["projected_full_cache_seconds"],
+            "training (multi_similarity)": ms["projected_training_seconds"],
+            "evaluations": evaluation["projected_evaluation_seconds_per_run"],
+        }
+    return report
+
+
+def markdown(report: dict) -> str:
+    shape = "x".join(map(str, report["activation_shape"]))
+    lines = [
+        f"Training step of the cpu profile on cached activations entering block {report['cache_from_block']} "
+        f"({shape}, synthetic), batch 16 x 5, {report['torch_threads']} torch thread(s); "
+        "median over the timed steps (the step includes the batch gather, forward, loss, backward and Adam).",
+        "",
+        "| loss | steps timed | s / step (median) | s / step (best) | iterations/s "
+        f"| projected {next(iter(report['training'].values()))['profile_iterations']} iterations (min) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in report["training"].items():
+        lines.append(
+            f"| {name} | {row['steps']} | {row['seconds_per_step_median']:.3f} | {row['seconds_per_step_min']:.3f} "
+            f"| {row['iterations_per_s']:.2f} | {row['projected_training_seconds'] / 60:.1f} |"
+        )
+    ev = report["evaluation"]
+    lines += [
+        "",
+        "| stage | images | seconds | images/s | projected |",
+        "|---|---:|---:|---:|---|",
+        f"| evaluation: embed cached test activations | {ev['test_images']:,} | {ev['embed_seconds']:.1f} "
+        f"| {ev['test_images'] / ev['embed_seconds']:.0f} | |",
+        f"| evaluation: Recall@K, MAP@R | {ev['test_images']:,} | {ev['metrics_seconds']:.1f} | | "
+        f"{ev['evaluations_per_run']} evaluations per run: {ev['projected_evaluation_seconds_per_run'] / 60:.1f} min |",
+    ]
+    cb = report["cache_build"]
+    if "skipped" in cb:
+        lines.append(f"| cache build | | | | skipped: {cb['skipped']} |")
+    else:
+        lines.append(
+            f"| cache build (decode + augment + frozen prefix, {cb['views']} train views + test) | {cb['images']:,} "
+            f"| {cb['seconds']:.1f} | {cb['images_per_s']:.1f} | full cache ({cb['full_cache_images']:,} images, "
+            f"{cb['full_cache_bytes'] / 2**30:.2f} GiB): {cb['projected_full_cache_seconds'] / 60:.1f} min |"
+        )
+    projected = report.get("projected_cpu_run_seconds")
+    if projected:
+        lines += ["", "Projected cpu-profile run from these rates: "
+                  + "; ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in projected.items()) + "."]
+    records = report.get("from_run_records")
+    if records:
+        cache_min = records["cache_seconds_median"]
+        lines += [
+            "",
+            f"For comparison, the {records['records']} cpu run records in `{records['records_dir']}` "
+            f"(threads {records['threads']}): cache built in "
+            f"{'n/a' if cache_min is None else f'{cache_min / 60:.1f} min'}; whole run (training + evaluations) "
+            f"{records['wall_seconds_per_iteration_median']:.2f} s per iteration (median; range "
+            f"{records['wall_seconds_per_iteration_range'][0]:.2f}-{records['wall_seconds_per_iteration_range'][1]:.2f}).",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="write the JSON report here (atomically)")
+    parser.add_argument("--small", action="store_true", help="tiny amounts: checks the code runs (seconds)")
+    parser.add_argument("--losses", default="multi_similarity",
+                        help="comma-separated losses to time the step for, or 'all' (default: multi_similarity)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps for multi_similarity")
+    parser.add_argument("--other-steps", type=int, default=6, help="timed steps for the other losses")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--root", default=None, help="data root holding CUB_200_2011/ (default: $DML_DATA, else ./data)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    losses = sorted(LOSSES) if args.losses == "all" else [n.strip() for n in args.losses.split(",") if n.strip()]
+    unknown = set(losses) - set(LOSSES)
+    if unknown or not losses:
+        parser.error(f"--losses must name some of {sorted(LOSSES)} or 'all', got {args.losses!r}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.small:
+        args.steps, args.other_steps, args.warmup = 1, 1, 0
+    report = run(losses, args.steps, args.other_steps, args.warmup, args.small, args.root)
+    print(markdown(report))
+    if args.out:
+        write_json_atomically(args.out, report)
+    return report
+
+
+if __name__ == "__main__":
+    main()

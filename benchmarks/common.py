@@ -1,0 +1,196 @@
+"""What every benchmark report shares: provenance, atomic writes, peak-RSS probes, timing.
+
+Imported by the benchmark scripts and by run_all.py (benchmarks/ is on sys.path when a
+script in it runs).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+
+# --------------------------------------------------------------------- provenance
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def library_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "numpy", "faiss", "sklearn", "pytorch_metric_learning"):
+        try:
+            module = __import__(name)
+            versions[name] = getattr(module, "__version__", "unknown")
+        except ImportError:
+            versions[name] = None
+    return versions
+
+
+def thread_settings(threads: int | None = None) -> dict:
+    """This process's thread settings, or those given to a child process run with `threads`
+    (OMP_NUM_THREADS = MKL_NUM_THREADS = torch threads = `threads`)."""
+    if threads is not None:
+        return {"torch_threads": threads, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                "cpu_count": os.cpu_count()}
+    import torch
+
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS"),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def provenance(command: list[str] | str, load_average_before, started: float | None = None,
+               threads: int | None = None) -> dict:
+    """Everything needed to judge a number later: code, libraries, machine, load, time.
+    `threads`: the thread count a benchmark's own process ran with (default: this process's)."""
+    from dmlutils.engine import code_version
+
+    now = _dt.datetime.now(_dt.timezone.utc)
+    return {
+        "git": code_version(),
+        "versions": library_versions(),
+        "threads": thread_settings(threads),
+        "cpu_model": cpu_model(),
+        "platform": platform.platform(),
+        "load_average_before": [round(x, 2) for x in load_average_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "date": now.isoformat(timespec="seconds"),
+        "wall_seconds": None if started is None else round(time.perf_counter() - started, 2),
+        "command": command if isinstance(command, str) else " ".join(command),
+    }
+
+
+def provenance_line(prov: dict) -> str:
+    """One markdown sentence saying where, when and with what a report was made."""
+    git = prov["git"]
+    commit = (git.get("commit") or "unknown")[:10] + (" (uncommitted changes)" if git.get("dirty") else "")
+    versions = prov["versions"]
+    libraries = ", ".join(f"{k} {v}" for k, v in versions.items() if v and k in ("torch", "numpy", "faiss"))
+    threads = prov["threads"]
+    return (
+        f"Commit `{commit}`, {prov['date']}; {libraries}; {threads['torch_threads']} torch thread(s) "
+        f"(OMP_NUM_THREADS={threads['OMP_NUM_THREADS']}) on {threads['cpu_count']} x {prov['cpu_model']}; "
+        f"1-minute load average {prov['load_average_before'][0]:.2f} before, "
+        f"{prov['load_average_after'][0]:.2f} after"
+        + (f"; took {prov['wall_seconds']:.0f} s" if prov.get("wall_seconds") is not None else "")
+        + f". Command: `{prov['command']}`."
+    )
+
+
+# ------------------------------------------------------------------------ writing
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a report is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    write_text_atomically(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(value):
+    import numpy as np
+
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# ------------------------------------------------------------------ peak memory
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the `with` block runs, above the RSS
+    at its start (MiB). Resets the kernel's high-water mark (/proc/self/clear_refs, Linux
+    >= 4.0) on entry; without it, falls back to the growth of ru_maxrss (which misses
+    peaks below an earlier one: `probe` says which was used)."""
+
+    def __enter__(self):
+        import gc
+
+        gc.collect()
+        self.rss_before = _status_kib("VmRSS")
+        self.maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            with open("/proc/self/clear_refs", "w") as clear_refs:
+                clear_refs.write("5")
+            self.reset = self.rss_before is not None
+        except OSError:
+            self.reset = False
+        return self
+
+    def __exit__(self, *exc):
+        if self.reset:
+            peak = _status_kib("VmHWM")
+            self.increase_mib = max(peak - self.rss_before, 0) / 1024
+            self.peak_mib = peak / 1024
+            self.probe = "VmHWM after clear_refs"
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            self.increase_mib = max(peak - self.maxrss_before, 0) / 1024
+            self.peak_mib = peak / 1024
+            self.probe = "ru_maxrss difference"
+        return False
+
+
+# --------------------------------------------------------------------- fitting
+
+
+def loglog_slope(sizes, seconds) -> float:
+    """Least-squares slope of log(seconds) against log(size): the exponent a of t ~ c n^a."""
+    import numpy as np
+
+    sizes, seconds = np.asarray(sizes, dtype=float), np.asarray(seconds, dtype=float)
+    if len(sizes) < 2 or np.any(sizes <= 0) or np.any(seconds <= 0):
+        raise ValueError(f"a log-log fit needs at least two positive (size, time) points, got {list(zip(sizes, seconds))}")
+    return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])

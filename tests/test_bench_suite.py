@@ -1,0 +1,250 @@
+"""The benchmark suite (benchmarks/run_all.py) runs every benchmark and reports what it promises.
+
+Benchmarks are not tests: nothing here checks a speed. The suite runs once at its tiny
+size (`--small`, into a temporary folder) and the tests check the reports' contents
+against independent sources: git for the commit, the installed libraries for versions,
+the reports' own raw numbers for every derived ratio, fit and projection, numpy's
+polyfit for the log-log exponents, and EfficientNet-Lite0's architecture for the shape
+of the cached activations.
+"""
+import datetime as dt
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import bench_growth  # noqa: E402
+import common  # noqa: E402
+import run_all  # noqa: E402
+
+from dmlutils.losses import LOSSES  # noqa: E402
+
+CUB_TRAIN, CUB_TEST, VIEWS = 5_864, 5_924, 5  # the cpu profile's cache: 5 views of each training image + the test images
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    status = run_all.main(["--small", "--threads", "1", "--out-dir", str(out)])
+    reports = {name: json.loads((out / f"{name}.json").read_text()) for name in run_all.BENCHMARKS}
+    return status, out, reports
+
+
+def test_every_benchmark_writes_json_markdown_and_the_readme_gathers_them(suite):
+    status, out, reports = suite
+    assert status == 0
+    readme = (out / "README.md").read_text()
+    positions = []
+    for name, bench in run_all.BENCHMARKS.items():
+        markdown = (out / f"{name}.md").read_text()
+        assert markdown.startswith(f"**{bench.title}.** Commit `")
+        assert "|---" in markdown or "*Skipped:*" in markdown  # a table, or the reason there is none
+        assert markdown.strip() in readme
+        positions.append(readme.index(f"## {bench.title}"))
+    assert positions == sorted(positions)  # the suite's order
+    assert (out / "growth.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![Cost growth, log-log](growth.png)" in readme
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]  # no temp files left
+
+
+def test_provenance_names_the_code_libraries_threads_machine_and_time(suite):
+    import faiss
+    import torch
+
+    _, _, reports = suite
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    head = git.stdout.strip() if git.returncode == 0 else "unknown"  # e.g. an unpacked archive
+    for name, report in reports.items():
+        prov = report["provenance"]
+        assert prov["git"]["commit"] == head, name
+        assert isinstance(prov["git"]["dirty"], bool) or head == "unknown"
+        assert prov["versions"]["torch"] == torch.__version__
+        assert prov["versions"]["numpy"] == np.__version__
+        assert prov["versions"]["faiss"] == faiss.__version__
+        assert prov["threads"]["torch_threads"] == 1 and prov["threads"]["OMP_NUM_THREADS"] == "1"
+        assert prov["cpu_model"]
+        assert len(prov["load_average_before"]) == 3 and len(prov["load_average_after"]) == 3
+        age = dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(prov["date"])
+        assert dt.timedelta(0) <= age < dt.timedelta(hours=1)
+        assert prov["command"].startswith(f"python benchmarks/{run_all.BENCHMARKS[name].script} ")
+        assert "--small" in report["suite_command"] and report["small"] is True
+        assert prov["wall_seconds"] > 0
+        if "skipped" not in report:
+            assert report["peak_rss_mib_benchmark_process"] > 50  # a process that imported torch
+
+
+def test_benchmarks_ran_with_the_threads_the_suite_set(suite):
+    _, _, reports = suite
+    assert reports["losses"]["report"]["threads"] == 1
+    assert reports["growth"]["report"]["torch_threads"] == 1
+    assert reports["engine"]["report"]["torch_threads"] == 1
+    environment = reports["metrics"]["report"]["config"]["environment"]
+    assert environment["torch_threads"] == 1 and environment["faiss_threads"] == 1
+
+
+def test_loss_report_has_every_contender_and_ratios_from_its_own_numbers(suite):
+    _, _, reports = suite
+    report = reports["losses"]["report"]
+    ms = report["multi_similarity"]["10"]
+    ours = ms["seconds"]["ours (vectorised)"]
+    assert set(ms["seconds"]) == {"ours (vectorised)", "official per-anchor loop", "pytorch-metric-learning loss + miner"}
+    for label, ratio in ms["speed-up vs"].items():
+        assert ratio == pytest.approx(ms["seconds"][label] / ours, rel=1e-12)
+    assert report["all_losses"]["10"].keys() == LOSSES.keys()
+
+
+def test_metrics_report_agrees_with_faiss_and_sklearn(suite):
+    _, _, reports = suite
+    (case,) = reports["metrics"]["report"]["cases"]
+    assert set(case["runs"]) == {"ours", "faiss", "sklearn"}
+    for reference in ("faiss", "sklearn"):
+        # the same metrics from an independent nearest-neighbour search
+        assert case["ratios"][f"max_abs_metric_difference_vs_{reference}"] < 1e-6
+        assert case["ratios"][f"time_ours_over_{reference}"] == pytest.approx(
+            case["runs"]["ours"]["seconds"] / case["runs"][reference]["seconds"], rel=1e-12
+        )
+        assert case["runs"][reference]["peak_rss_mib"] > 0
+
+
+def test_growth_report_fits_match_numpy_on_its_own_points(suite):
+    _, _, reports = suite
+    report = reports["growth"]["report"]
+    assert report["losses"].keys() == LOSSES.keys()
+    curves = {**report["losses"], **report["evaluation"]}
+    for name, curve in curves.items():
+        sizes = np.array([p["size"] for p in curve["points"]], dtype=float)
+        seconds = np.array([p["seconds"] for p in curve["points"]])
+        tail = slice(-report["fit_points"], None)
+        assert curve["slope"] == pytest.approx(np.polyfit(np.log(sizes[tail]), np.log(seconds[tail]), 1)[0]), name
+        assert curve["slope_all_points"] == pytest.approx(np.polyfit(np.log(sizes), np.log(seconds), 1)[0]), name
+    assert [p["size"] for p in report["evaluation"]["evaluate"]["points"]] == report["galleries"]
+
+
+def test_engine_report_measures_the_cpu_profile(suite):
+    _, _, reports = suite
+    report = reports["engine"]["report"]
+    # EfficientNet-Lite0: block 11 is the first of the 192-channel stage, so it receives the
+    # 112-channel output of block 10 at stride 16 of the 144-px crop.
+    assert report["activation_shape"] == [112, 144 // 16, 144 // 16]
+    ms = report["training"]["multi_similarity"]
+    assert ms["batch"] == 80 and ms["steps"] >= 1
+    assert ms["iterations_per_s"] == pytest.approx(1 / ms["seconds_per_step_median"])
+    assert ms["projected_training_seconds"] == pytest.approx(400 * ms["seconds_per_step_median"])
+    evaluation = report["evaluation"]
+    assert evaluation["seconds"] == pytest.approx(evaluation["embed_seconds"] + evaluation["metrics_seconds"])
+    cache = report["cache_build"]
+    if "skipped" in cache:
+        pytest.skip(cache["skipped"])
+    assert cache["full_cache_images"] == VIEWS * CUB_TRAIN + CUB_TEST == 35_244
+    assert cache["images"] == cache["views"] * cache["train_images"] + cache["test_images"]
+    assert cache["projected_full_cache_seconds"] == pytest.approx(35_244 * cache["seconds"] / cache["images"])
+    assert cache["full_cache_bytes"] == 35_244 * 112 * 9 * 9 * 2  # float16
+
+
+def test_data_and_model_reports_have_their_rows(suite):
+    _, _, reports = suite
+    models = reports["models"]["report"]
+    assert {r["block"] for r in models["cache"]} == {8, 11}
+    assert len(models["forward"]) == 8  # 1 size x 2 batches x (BN folded or not) x (memory format)
+    data = reports["data"]
+    if "skipped" in data:
+        pytest.skip(data["skipped"])
+    rows = data["report"]["rows"]
+    assert {(r["pipeline"], r["workers"]) for r in rows} == {
+        (p, w) for p in ("efficientnet_lite0", "bninception") for w in (0, 1)
+    }
+    assert all(r["images"] == 16 and r["images_per_s"] == pytest.approx(16 / r["seconds"], rel=1e-2) for r in rows)
+
+
+# ------------------------------------------------------------ parts, without running the suite
+
+
+def test_loglog_slope_recovers_known_exponents():
+    sizes = np.array([40, 80, 160, 320, 640, 1280])
+    assert common.loglog_slope(sizes, 3e-9 * sizes**2.0) == pytest.approx(2.0)
+    assert common.loglog_slope(sizes, 1e-12 * sizes**3.0) == pytest.approx(3.0)
+    noisy = 3e-9 * sizes**2.0 * np.random.default_rng(0).uniform(0.9, 1.1, len(sizes))
+    assert common.loglog_slope(sizes, noisy) == pytest.approx(2.0, abs=0.1)
+    with pytest.raises(ValueError, match="positive"):
+        common.loglog_slope([10, 20], [0.0, 1.0])
+
+
+def test_fit_uses_the_largest_sizes_where_overhead_no_longer_hides_the_growth():
+    sizes = [40, 80, 160, 320, 640, 1280]
+    # a fixed 1 ms per call plus a B^2 term that only dominates at the large sizes
+    curves = {"toy": {"points": [{"size": b, "seconds": 1e-3 + 1e-8 * b**2} for b in sizes]}}
+    bench_growth.add_fits(curves, fit_points=2)
+    toy = curves["toy"]
+    assert toy["fit_sizes"] == [640, 1280]
+    assert toy["slope"] == pytest.approx(np.log((1e-3 + 1e-8 * 1280**2) / (1e-3 + 1e-8 * 640**2)) / np.log(2))
+    assert 1.6 < toy["slope"] < 2.0 and toy["slope_all_points"] < toy["slope"]
+
+
+def test_peak_rss_sees_an_allocation_made_inside_the_block():
+    with common.PeakRSS() as memory:
+        block = np.ones(200 * 2**20 // 8)  # 200 MiB, touched
+        del block
+    assert 190 < memory.increase_mib < 400
+
+
+def test_only_rejects_unknown_names_and_lists_the_choices():
+    assert run_all.parse_only("growth, losses") == ["growth", "losses"]
+    assert run_all.parse_only(None) == list(run_all.BENCHMARKS)
+    with pytest.raises(ValueError, match="losses, growth, metrics"):
+        run_all.parse_only("losses,speed")
+    with pytest.raises(ValueError, match="loss=size"):
+        bench_growth.parse_max_batch(["triplet=big"])
+    assert bench_growth.parse_max_batch(["triplet=640"])["triplet"] == 640
+
+
+def test_a_failing_benchmark_keeps_the_previous_report_and_fails_the_suite(tmp_path, monkeypatch):
+    good = tmp_path / "good.py"
+    good.write_text(textwrap.dedent("""
+        import json, os, sys
+        out = sys.argv[sys.argv.index("--out") + 1]
+        json.dump({"value": 42, "omp": os.environ["OMP_NUM_THREADS"]}, open(out, "w"))
+    """))
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise SystemExit('broken on purpose')\n")
+    fake = {
+        "good": run_all.Benchmark("good", "Good", str(good), [], [], lambda r: f"| value |\n|---|\n| {r['value']} |"),
+        "bad": run_all.Benchmark("bad", "Bad", str(bad), [], [], lambda r: ""),
+    }
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bad.md").write_text("previous report\n")
+    monkeypatch.setattr(run_all, "BENCHMARKS", fake)
+    assert run_all.main(["--out-dir", str(out), "--threads", "2"]) == 1
+    good_report = json.loads((out / "good.json").read_text())
+    assert good_report["report"] == {"value": 42, "omp": "2"}
+    assert good_report["provenance"]["threads"]["torch_threads"] == 2
+    assert "| 42 |" in (out / "good.md").read_text()
+    assert (out / "bad.md").read_text() == "previous report\n"
+    assert not (out / "bad.json").exists()
+
+
+def test_the_books_benchmark_section_shows_every_report_and_the_plot(suite):
+    """Run the code of notebook A1's benchmark cell on the suite's output folder."""
+    IPython_display = pytest.importorskip("IPython.display")
+    _, out, _ = suite
+    notebook = json.loads((REPO / "notebooks" / "A1_environment_and_provenance.ipynb").read_text())
+    (cell,) = [c for c in notebook["cells"] if c["cell_type"] == "code" and "benchmarks_dir" in "".join(c["source"])]
+    shown = []
+    results = out.parent / "results"
+    results.mkdir(exist_ok=True)
+    if not (results / "benchmarks").exists():
+        (results / "benchmarks").symlink_to(out)
+    namespace = {"Path": Path, "Markdown": IPython_display.Markdown, "display": shown.append, "results_dir": str(results)}
+    exec("".join(cell["source"]), namespace)
+    markdown = [item.data for item in shown if isinstance(item, IPython_display.Markdown)]
+    images = [item for item in shown if isinstance(item, IPython_display.Image)]
+    for name in run_all.BENCHMARKS:
+        assert any((out / f"{name}.md").read_text() in text for text in markdown), name
+    assert len(images) == 1 and images[0].data == (out / "growth.png").read_bytes()
