@@ -202,7 +202,7 @@ def _cache_key(config: dict, train, test) -> str:
 
 
 @torch.no_grad()
-def _prefix_activations(prefix, dataset, block: int, batch_size: int, num_workers: int, seed: int, desc: str):
+def _prefix_activations(prefix, dataset, block: int, batch_size: int, num_workers: int, seed: int, desc: str, progress: bool = True):
     # At least one worker: decoding + augmenting in a 1-thread worker overlaps the forward
     # pass, and keeps augmentation out of the main process's OpenMP threads (which
     # busy-wait and slow it 10x on a loaded 2-core machine; see benchmarks/bench_data.py).
@@ -214,7 +214,7 @@ def _prefix_activations(prefix, dataset, block: int, batch_size: int, num_worker
         generator=torch.Generator().manual_seed(seed),  # fixes the workers' augmentation seeds
     )
     chunks = []
-    for images, _ in tqdm(loader, desc=desc, leave=False):
+    for images, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
         images = images.contiguous(memory_format=torch.channels_last)
         chunks.append(prefix(images).to(torch.float16).contiguous())
     return torch.cat(chunks)
@@ -245,12 +245,12 @@ def activation_cache(config: dict, model: nn.Module, train_aug, test, progress: 
     prefix = _frozen_prefix(model, config)
     started = time.perf_counter()
     train_views = [
-        _prefix_activations(prefix, train_aug, block, 32, config["num_workers"], config["seed"] * 1000 + v, f"cache: train view {v + 1}/{views}")
+        _prefix_activations(prefix, train_aug, block, 32, config["num_workers"], config["seed"] * 1000 + v, f"cache: train view {v + 1}/{views}", progress)
         for v in range(views)
     ]
     cache = {
         "train": torch.stack(train_views, dim=1),  # (N, V, C, H, W)
-        "test": _prefix_activations(prefix, test, block, 32, config["num_workers"], config["seed"], "cache: test"),
+        "test": _prefix_activations(prefix, test, block, 32, config["num_workers"], config["seed"], "cache: test", progress),
         "train_labels": torch.as_tensor(np.asarray(train_aug.labels)),
         "test_labels": torch.as_tensor(np.asarray(test.labels)),
         "seconds": time.perf_counter() - started,
@@ -297,7 +297,8 @@ def _validation_activations(config, model, plain, indices, cache_path: Path, pro
     from .data import ClassSubset
 
     activations = _prefix_activations(
-        prefix, ClassSubset(plain, indices), config["cache_from_block"], 32, config["num_workers"], config["seed"], "cache: validation"
+        prefix, ClassSubset(plain, indices), config["cache_from_block"], 32, config["num_workers"], config["seed"], "cache: validation",
+        progress,
     )
     atomic_write_bytes(path, lambda f: torch.save(activations, f))
     return activations
