@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import _status_kib  # noqa: E402  (benchmarks/ is the script's folder)
+
 REPO = Path(__file__).resolve().parents[1]
 
 FULL_CASES = [
@@ -89,17 +91,6 @@ def clustered_sphere(n: int, dim: int, num_classes: int, noise: float, seed: int
 
 
 # ------------------------------------------------------------------ memory probes
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def _reset_peak_rss() -> bool:
