@@ -101,8 +101,13 @@ def ensure_studies(profile: str, losses, results_dir=None, train_missing=False, 
     return {loss: load_study(profile, loss, results) for loss in losses}
 
 
-def load_validation_baseline(profile: str, results_dir=None) -> dict | None:
-    from .studies import study_dir
+def load_validation_runs(profile: str, results_dir=None) -> dict[str, dict]:
+    """The baseline and the reference MS run on the studies' held-out classes (those that exist)."""
+    from .studies import REFERENCE, study_dir
 
-    path = study_dir(Path(results_dir or DEFAULT_RESULTS), profile, "baseline").with_suffix(".json")
-    return json.loads(path.read_text()) if path.exists() else None
+    found = {}
+    for name in ("baseline", REFERENCE):
+        path = study_dir(Path(results_dir or DEFAULT_RESULTS), profile, name).with_suffix(".json")
+        if path.exists():
+            found[name] = json.loads(path.read_text())
+    return found

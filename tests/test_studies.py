@@ -6,6 +6,7 @@ import pytest
 
 from dmlutils import engine, studies
 from dmlutils.profiles import make_config
+from dmlutils.records import load_validation_runs
 
 
 def test_validation_split_holds_out_the_last_classes_and_nothing_else():
@@ -89,6 +90,9 @@ def test_a_study_chooses_on_validation_and_trains_the_choice_on_the_test_split(t
     assert selection["chosen"] == best
     assert json.loads((folder / "selection.json").read_text())["chosen"] == best
     assert all(r["config"]["validation_classes"] == 2 for r in validation.values())
+    references = load_validation_runs("smoke", tmp_path / "results")  # the floor and MS on the same held-out classes
+    assert set(references) == {"baseline", "multi_similarity"}
+    assert all(r["evaluated_on"]["labels"] == [8, 9] for r in references.values())
     tuned = json.loads((tmp_path / "results" / "smoke" / "tuned" / "npair.json").read_text())
     assert tuned["evaluated_on"]["split"] == "test" and tuned["config"]["validation_classes"] == 0
     assert tuned["loss_hparams"]["scale"] == (10.0 if best == "scale_10" else 1.0)
