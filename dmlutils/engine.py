@@ -152,15 +152,17 @@ def pk_batches(sampler: PKSampler, start: int, count: int):
 
 def build_datasets(config: dict, root=None):
     """(train, test) data sets of the profile, with the train / test transforms."""
+    return _dataset(config, "train", True, root), _dataset(config, "test", False, root)
+
+
+def _dataset(config: dict, split: str, augment: bool, root=None):
+    """One split of the profile's data set, with the training (`augment`) or test transform."""
     from .data import get_dataset, get_transforms
 
     if config["data"] == "synthetic":  # generated tensors in [0, 1]: no decoding, no augmentation
-        common = dict(seed=config["seed"], image_size=config["image_size"])
-        return get_dataset("synthetic", split="train", **common), get_dataset("synthetic", split="test", **common)
+        return get_dataset("synthetic", split=split, seed=config["seed"], image_size=config["image_size"])
     sizes = dict(resize=config["resize_size"], crop=config["image_size"])
-    train = get_dataset(config["data"], root=root, split="train", transform=get_transforms(config["transform"], train=True, **sizes))
-    test = get_dataset(config["data"], root=root, split="test", transform=get_transforms(config["transform"], train=False, **sizes))
-    return train, test
+    return get_dataset(config["data"], root=root, split=split, transform=get_transforms(config["transform"], train=augment, **sizes))
 
 
 def build_model(config: dict) -> nn.Module:
@@ -262,16 +264,6 @@ def activation_cache(config: dict, model: nn.Module, train_aug, test, progress: 
 # --- validation classes held out of the training split ------------------------------------
 
 
-def _plain_train_set(config: dict, root=None):
-    """The training split with the test-time transform (what a held-out class is evaluated on)."""
-    from .data import get_dataset, get_transforms
-
-    if config["data"] == "synthetic":
-        return get_dataset("synthetic", split="train", seed=config["seed"], image_size=config["image_size"])
-    sizes = dict(resize=config["resize_size"], crop=config["image_size"])
-    return get_dataset(config["data"], root=root, split="train", transform=get_transforms(config["transform"], train=False, **sizes))
-
-
 def validation_split(config: dict, train_labels) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """(indices trained on, indices evaluated on, held-out classes): the last
     `validation_classes` labels of the training split are held out."""
@@ -309,7 +301,7 @@ def hold_out_validation(config, train_set, test_set, cache, model, root=None, pr
     from .data import ClassSubset
 
     fit_idx, val_idx, _ = validation_split(config, train_set.labels)
-    plain = _plain_train_set(config, root)
+    plain = _dataset(config, "train", False, root)  # held-out classes are evaluated on the test-time view
     fit, held_out = ClassSubset(train_set, fit_idx), ClassSubset(plain, val_idx)
     if cache is not None:
         main_path = cache_dir() / f"activations-{_cache_key(config, train_set, test_set)}.pt"
@@ -585,7 +577,7 @@ def baseline(config: dict, root=None, record_path=None, device=None, progress: b
     if config["validation_classes"]:
         from .data import ClassSubset
 
-        test_set = ClassSubset(_plain_train_set(config, root), validation_split(config, train_set.labels)[1])
+        test_set = ClassSubset(_dataset(config, "train", False, root), validation_split(config, train_set.labels)[1])
     from .models import EmbeddingModel, get_backbone
 
     backbone = get_backbone(config["backbone"], pretrained=config["pretrained"])
