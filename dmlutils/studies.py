@@ -100,6 +100,7 @@ def _same_run(record_path: Path, config: dict) -> bool:
     record = json.loads(record_path.read_text())
     if "final" not in record:
         return False
+
     def as_json(value):
         return json.loads(json.dumps(value, default=_jsonable))
 
