@@ -11,7 +11,6 @@ import os
 import platform
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -103,20 +102,9 @@ def provenance_line(prov: dict) -> str:
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a report is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from dmlutils.engine import atomic_write_bytes  # the run records' writer: temp file, fsync, rename
+
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
 def write_json_atomically(path: Path, data: dict) -> None:

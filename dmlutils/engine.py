@@ -66,6 +66,9 @@ def atomic_write_bytes(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a record is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
