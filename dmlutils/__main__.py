@@ -1,10 +1,11 @@
-"""Command line: `python -m dmlutils train|ablation|study|baseline|profiles|book ...`.
+"""Command line: `python -m dmlutils train|ablation|study|recipe|baseline|profiles|book ...`.
 
     python -m dmlutils train --profile cpu --loss multi_similarity --set loss.beta=50 --set iterations=300
     python -m dmlutils train --profile cpu --loss multi_similarity --resume
     python -m dmlutils ablation ms_no_mining --profile cpu
     python -m dmlutils baseline --profile cpu
     python -m dmlutils study contrastive --profile cpu
+    python -m dmlutils recipe --processes 2
     python -m dmlutils profiles
     python -m dmlutils book --profile smoke
 """
@@ -56,6 +57,12 @@ def main(argv=None) -> int:
     study_parser.add_argument("--runs", default="runs", help="folder of checkpoints (default: runs/)")
     study_parser.add_argument("--quiet", action="store_true")
 
+    recipe_parser = commands.add_parser("recipe", help="choose the cpu profile's recipe on held-out training classes (dmlutils.recipe)")
+    recipe_parser.add_argument("--root", default=None, help="data root (default: $DML_DATA, else ./data)")
+    recipe_parser.add_argument("--results", default="results", help="folder of run records (default: results/)")
+    recipe_parser.add_argument("--runs", default="runs", help="folder of checkpoints (default: runs/)")
+    recipe_parser.add_argument("--processes", type=int, default=1, help="runs side by side, one thread each (default: 1)")
+
     baseline_parser = commands.add_parser("baseline", help="evaluate the pretrained backbone's pooled features")
     common(baseline_parser)
 
@@ -75,6 +82,12 @@ def main(argv=None) -> int:
             return 0
         from . import engine
 
+        if args.command == "recipe":
+            from .recipe import run_recipe_study
+
+            recipe = run_recipe_study(args.results, args.runs, processes=args.processes, root=args.root)
+            print("recipe: " + ", ".join(f"{k}={v}" for k, v in recipe.items()))
+            return 0
         if args.command == "study":
             from .studies import run_study
 

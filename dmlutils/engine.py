@@ -25,10 +25,14 @@ writes checkpoints and records. `xbm_size > 0` adds a cross-batch memory (`dmlut
 """
 from __future__ import annotations
 
+import bisect
+import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import itertools
 import json
+import math
 import os
 import platform
 import subprocess
@@ -46,6 +50,7 @@ from . import __version__
 from . import distributed
 from .losses import get_loss, hparams_of
 from .metrics import evaluate
+from .profiles import PROFILE_VERSIONS
 from .samplers import PKSampler
 from .xbm import with_cross_batch_memory
 
@@ -188,7 +193,33 @@ def build_loss(config: dict, num_classes: int, embedding_dim: int) -> nn.Module:
     return get_loss(config["loss"], **hparams)
 
 
+def lr_factor(config: dict, step: int) -> float:
+    """The learning rates' multiplier at `step`: a linear warm-up over `warmup_iterations`,
+    then `lr_gamma` per passed milestone (`step`) or a half cosine to 0 (`cosine`)."""
+    factor = 1.0
+    warmup = config.get("warmup_iterations", 0)
+    if warmup and step < warmup:
+        factor = (step + 1) / warmup
+    if config.get("lr_schedule", "step") == "cosine":
+        total = max(1, config["iterations"])
+        return factor * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    return factor * config["lr_gamma"] ** bisect.bisect_right(sorted(config["lr_milestones"]), step)
+
+
 # --- the activation cache of the cpu profile -------------------------------------------------
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive advisory lock on `<path>.lock`, held for the `with` block."""
+    lock_path = Path(f"{path}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def cache_dir() -> Path:
@@ -243,10 +274,15 @@ def _frozen_prefix(model: nn.Module, config: dict):
 def activation_cache(config: dict, model: nn.Module, train_aug, test, progress: bool = True) -> dict:
     """Activations entering block `cache_from_block` for `cache_views` augmented views of
     every training image and the plain view of every test image (float16), cached on disk."""
-    block, views = config["cache_from_block"], config["cache_views"]
     path = cache_dir() / f"activations-{_cache_key(config, train_aug, test)}.pt"
-    if path.exists():
-        return torch.load(path, map_location="cpu", weights_only=True)
+    with file_lock(path):  # several runs started together build it once; the others wait, then read it
+        if path.exists():
+            return torch.load(path, map_location="cpu", weights_only=True)
+        return _build_activation_cache(config, model, train_aug, test, path, progress)
+
+
+def _build_activation_cache(config, model, train_aug, test, path: Path, progress: bool) -> dict:
+    block, views = config["cache_from_block"], config["cache_views"]
     prefix = _frozen_prefix(model, config)
     started = time.perf_counter()
     train_views = [
@@ -286,17 +322,18 @@ def validation_split(config: dict, train_labels) -> tuple[np.ndarray, np.ndarray
 def _validation_activations(config, model, plain, indices, cache_path: Path, progress) -> torch.Tensor:
     """Plain-view activations of the held-out training images, cached beside the main cache."""
     path = cache_path.with_name(f"{cache_path.stem}-validation-{config['validation_classes']}.pt")
-    if path.exists():
-        return torch.load(path, map_location="cpu", weights_only=True)
-    prefix = _frozen_prefix(model, config)
-    from .data import ClassSubset
+    with file_lock(path):
+        if path.exists():
+            return torch.load(path, map_location="cpu", weights_only=True)
+        prefix = _frozen_prefix(model, config)
+        from .data import ClassSubset
 
-    activations = _prefix_activations(
-        prefix, ClassSubset(plain, indices), config["cache_from_block"], 32, config["num_workers"], config["seed"], "cache: validation",
-        progress,
-    )
-    atomic_write_bytes(path, lambda f: torch.save(activations, f))
-    return activations
+        activations = _prefix_activations(
+            prefix, ClassSubset(plain, indices), config["cache_from_block"], 32, config["num_workers"], config["seed"], "cache: validation",
+            progress,
+        )
+        atomic_write_bytes(path, lambda f: torch.save(activations, f))
+        return activations
 
 
 def hold_out_validation(config, train_set, test_set, cache, model, root=None, progress=True):
@@ -338,7 +375,7 @@ def embed(model: nn.Module, source, config: dict, device, cached_block: int | No
     bs = config["eval_batch_size"]
     if isinstance(source, torch.Tensor):
         for start in range(0, len(source), bs):
-            x = source[start : start + bs].to(device, torch.float32)
+            x = source[start : start + bs].to(device, torch.float32).contiguous(memory_format=torch.channels_last)
             out.append(model.forward_from_block(x, cached_block).float().cpu())
     else:
         # Small channels-last batches run several times faster on CPU than one large one.
@@ -368,6 +405,25 @@ class _Feeder:
         self.config, self.train, self.cache, self.device = config, train, cache, device
         self.rank, self.world_size = rank, world_size
 
+    def augment(self, maps: torch.Tensor, step: int, n: int) -> torch.Tensor:
+        """`feature_crop` / `feature_flip` on this rank's cached activation maps (N, C, H, W)."""
+        crop, flip = self.config.get("feature_crop", 0), self.config.get("feature_flip", False)
+        if not (crop or flip):
+            return maps
+        generator = step_generator(self.config["seed"], step, 4)
+        mine = slice(self.rank * n, (self.rank + 1) * n)
+        height, width = maps.shape[-2:]
+        if crop:
+            if crop > min(height, width):
+                raise ValueError(f"feature_crop={crop} is larger than the cached maps ({height} x {width}); use at most {min(height, width)}")
+            top = torch.randint(height - crop + 1, (n * self.world_size,), generator=generator)[mine]
+            left = torch.randint(width - crop + 1, (n * self.world_size,), generator=generator)[mine]
+            maps = torch.stack([m[:, t : t + crop, s : s + crop] for m, t, s in zip(maps, top.tolist(), left.tolist())])
+        if flip:
+            mirrored = (torch.rand(n * self.world_size, generator=generator) < 0.5)[mine]
+            maps = torch.where(mirrored[:, None, None, None], maps.flip(-1), maps)
+        return maps
+
     def batches(self, sampler, start, count):
         if self.cache is not None:
             views = self.cache["train"].shape[1]
@@ -376,8 +432,9 @@ class _Feeder:
                 n = len(idx)
                 global_views = torch.randint(views, (n * self.world_size,), generator=step_generator(self.config["seed"], step, 1))
                 view = global_views[self.rank * n : (self.rank + 1) * n]
-                x = self.cache["train"][idx, view].to(self.device, torch.float32)
-                yield x, self.cache["train_labels"][idx].to(self.device)
+                x = self.augment(self.cache["train"][idx, view], step, n).to(self.device, torch.float32)
+                # channels-last: the depthwise and 1x1 convolutions run about 1.5x faster on CPU
+                yield x.contiguous(memory_format=torch.channels_last), self.cache["train_labels"][idx].to(self.device)
             return
         # Images: a fresh loader per segment whose worker seeds depend on (seed, start, rank) only.
         batches = list(pk_batches(sampler, start, count))
@@ -464,6 +521,8 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
         cache = activation_cache(config, model, train_set, test_set, progress)
     if config["validation_classes"]:  # evaluate on held-out training classes, never on the test split
         train_set, test_set, cache = hold_out_validation(config, train_set, test_set, cache, model, root, progress)
+    if cache is not None:  # channels-last: the depthwise and 1x1 convolutions run about 1.5x faster on CPU
+        model = model.to(memory_format=torch.channels_last)
     labels_array = np.asarray(train_set.labels)
     base_loss = build_loss(config, int(labels_array.max()) + 1, model.embedding_dim)
     # The loss sees the global batch (all processes' rows) and, optionally, a memory of past batches.
@@ -474,7 +533,7 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
         {"params": head_params + list(loss_fn.parameters()), "lr": config["head_lr"]},
     ]
     optimizer = torch.optim.Adam([g for g in groups if g["params"]], weight_decay=config["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config["lr_milestones"]), gamma=config["lr_gamma"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
     sampler = PKSampler(
         labels_array, p=config["p"], k=config["k"], seed=config["seed"], num_replicas=context.world_size, rank=context.rank
     )
@@ -486,6 +545,7 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
         "record_version": RECORD_VERSION,
         "kind": "train",
         "profile": config["profile"],
+        "profile_version": PROFILE_VERSIONS[config["profile"]],
         "loss": config["loss"],
         "loss_hparams": hparams_of(base_loss),
         "world_size": context.world_size,
@@ -595,6 +655,7 @@ def baseline(config: dict, root=None, record_path=None, device=None, progress: b
         "record_version": RECORD_VERSION,
         "kind": "baseline",
         "profile": config["profile"],
+        "profile_version": PROFILE_VERSIONS[config["profile"]],
         "loss": None,
         "description": f"{config['backbone']} ImageNet features, global {config['pooling']} pooling, no training",
         "seed": config["seed"],

@@ -17,6 +17,18 @@ that lists the valid ones.
           80 = 16 x 5, Adam 3e-5 with weight decay 5e-4, 3,000 iterations, lr x 0.1 at
           1,200 and 2,400, global max pooling, frozen BN). For a GPU or Colab.
 
+Learning-rate schedule: `lr_schedule="step"` multiplies the rates by `lr_gamma` at each of
+`lr_milestones`; `"cosine"` decays them to 0 along a half cosine over `iterations`. Either
+starts with a linear warm-up over `warmup_iterations` (0: none).
+
+Cheap augmentation of cached activations (cpu): `feature_crop=c` trains on a random c x c
+window of each cached activation map (evaluation sees the whole map; the convolutions and
+the global pooling accept either size, and a smaller map is a cheaper step);
+`feature_flip=true` mirrors half of the maps left-right.
+
+`PROFILE_VERSIONS` numbers each profile's settings; a record names the version it ran
+under, and tables never mix versions (`dmlutils.records`).
+
 `validation_classes=n` (0 by default) holds the last n classes of the training split out:
 the run trains on the others and evaluates on those n (plain test-time view), never
 reading the test split. Setting studies (`dmlutils.studies`) select on it.
@@ -49,8 +61,12 @@ PROFILES: dict[str, dict] = {
         weight_decay=0.0,
         lr_milestones=(),
         lr_gamma=0.1,
+        lr_schedule="step",
+        warmup_iterations=0,
         cache_views=0,
         cache_from_block=0,
+        feature_crop=0,
+        feature_flip=False,
         xbm_size=0,
         validation_classes=0,
         num_workers=0,
@@ -78,8 +94,12 @@ PROFILES: dict[str, dict] = {
         weight_decay=5e-4,
         lr_milestones=(),
         lr_gamma=0.1,
+        lr_schedule="step",
+        warmup_iterations=0,
         cache_views=5,
         cache_from_block=11,
+        feature_crop=0,
+        feature_flip=False,
         xbm_size=0,
         validation_classes=0,
         num_workers=0,
@@ -107,8 +127,12 @@ PROFILES: dict[str, dict] = {
         weight_decay=5e-4,
         lr_milestones=(1200, 2400),
         lr_gamma=0.1,
+        lr_schedule="step",
+        warmup_iterations=0,
         cache_views=0,
         cache_from_block=0,
+        feature_crop=0,
+        feature_flip=False,
         xbm_size=0,
         validation_classes=0,
         num_workers=4,
@@ -117,6 +141,10 @@ PROFILES: dict[str, dict] = {
         seed=0,
     ),
 }
+
+# Bumped whenever a profile's settings change; records carry it as `profile_version`.
+PROFILE_VERSIONS = {"smoke": 1, "cpu": 1, "paper": 1}
+LR_SCHEDULES = ("step", "cosine")
 
 LOSS_PREFIX = "loss."
 
@@ -177,6 +205,12 @@ def make_config(profile: str, loss: str = "multi_similarity", overrides: dict | 
             )
     if config["eval_every"] < 1 or config["iterations"] < 0:
         raise ValueError("eval_every must be >= 1 and iterations >= 0")
+    if config["lr_schedule"] not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {config['lr_schedule']!r}; valid: {', '.join(LR_SCHEDULES)}")
+    if config["warmup_iterations"] < 0 or config["feature_crop"] < 0:
+        raise ValueError("warmup_iterations and feature_crop must be >= 0")
+    if config["feature_crop"] and not config["cache_views"]:
+        raise ValueError("feature_crop crops cached activation maps: it needs cache_views > 0")
     config.update(profile=profile, loss=loss, loss_hparams=loss_hparams)
     return config
 

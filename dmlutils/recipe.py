@@ -1,0 +1,201 @@
+"""The cpu profile's recipe, chosen on held-out training classes, one question at a time.
+
+The first cpu profile (version 1: 144-px crops, average pooling, a constant learning rate,
+blocks 11-15 fine-tuned on 5 cached views, 400 iterations) trained MS loss only 3 points
+of Recall@1 above the pretrained features. This study asks, in order, which input size,
+pooling, learning-rate schedule, fine-tuning depth, augmentation and length the profile
+should use. Every candidate is an MS-loss run (the paper's setting) that trains on 80 of
+the 100 training classes and is scored on the other 20 (`validation_classes`); the test
+split is never read. Each stage keeps the winner of the stages before it and adds one
+change per candidate; the candidate with the best final validation MAP@R wins (MAP@R
+ranks all R relevant images, so it is steadier than Recall@1 on 1,180 images). The
+first candidate of a stage is the kept recipe, whose record comes from the stage before.
+
+    python -m dmlutils recipe --processes 2
+
+writes `results/cpu/recipe/<stage>/<candidate>.json` (validation records),
+`results/cpu/recipe/<stage>/selection.json` (scores, choice, the recipe so far),
+`results/cpu/recipe/baseline/<size>_<pooling>.json` (pretrained features on the same
+classes, no training: the floor each input candidate must clear) and
+`results/cpu/recipe/seeds/seed_<n>.json` (the winner again with other seeds: the noise
+a difference between candidates must exceed). The cpu profile's settings are the final
+recipe (a test checks that they agree).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Callable
+
+PROFILE = "cpu"
+LOSS = "multi_similarity"
+VALIDATION_CLASSES = 20
+CRITERION = "map@r"
+
+# The study's starting point, pinned here so the study means the same thing after the
+# cpu profile has adopted its result: version 1 of the cpu profile.
+BASE: dict = dict(
+    image_size=144,
+    resize_size=160,
+    pooling="avg",
+    lr=1e-4,
+    head_lr=1e-4,
+    lr_schedule="step",
+    lr_milestones=(),
+    warmup_iterations=0,
+    cache_from_block=11,
+    cache_views=5,
+    feature_crop=0,
+    feature_flip=False,
+    iterations=400,
+    eval_every=50,
+)
+
+
+def _map_size(config: dict) -> int:
+    """Side of the activation map entering blocks 8-10 (1/16 of the input, rounded up)."""
+    return -(-config["image_size"] // 16)
+
+
+def _scaled_length(iterations: int) -> Callable[[dict], dict]:
+    def overrides(config: dict) -> dict:
+        ratio = iterations / config["iterations"]
+        milestones = tuple(round(m * ratio) for m in config["lr_milestones"])
+        warmup = round(config["warmup_iterations"] * ratio)
+        return {"iterations": iterations, "lr_milestones": milestones, "warmup_iterations": warmup}
+
+    return overrides
+
+
+# (stage, question, {candidate: overrides on top of the recipe so far, or a function of it}).
+STAGES: list[tuple[str, str, dict[str, dict | Callable[[dict], dict]]]] = [
+    ("input_size", "input size (the 160-px copy, upsampled for 224)", {
+        "144": {},
+        "160": {"image_size": 160, "resize_size": 183},
+        "224": {"image_size": 224, "resize_size": 256},
+    }),
+    ("pooling", "global pooling of the last feature map", {
+        "avg": {},
+        "max": {"pooling": "max"},
+        "avg+max": {"pooling": "avg+max"},
+    }),
+    ("schedule", "learning-rate schedule", {
+        "constant": {},
+        "cosine": {"lr_schedule": "cosine"},
+        "cosine_warmup": {"lr_schedule": "cosine", "warmup_iterations": 40},
+        "cosine_blocks_3e-4": {"lr_schedule": "cosine", "lr": 3e-4},  # blocks faster than the fresh head
+        "cosine_5e-5": {"lr_schedule": "cosine", "lr": 5e-5, "head_lr": 5e-5},
+    }),
+    ("depth", "first fine-tuned block", {
+        "block_11": {},
+        "block_8": {"cache_from_block": 8},
+        "block_8_crop": lambda c: {"cache_from_block": 8, "feature_crop": _map_size(c) - 2},
+    }),
+    ("augmentation", "more views, or cheap augmentation of cached activations", {
+        "kept": {},
+        "flip": {"feature_flip": True},
+        "views_10": {"cache_views": 10},
+    }),
+    ("length", "number of iterations (the schedule scaled with it)", {
+        "kept": {},
+        "300": _scaled_length(300),
+        "600": _scaled_length(600),
+    }),
+]
+SEEDS = (1, 2)  # the winner again: the spread a difference between candidates must exceed
+POOLINGS = ("avg", "max", "avg+max")
+
+
+def recipe_dir(results) -> Path:
+    return Path(results) / PROFILE / "recipe"
+
+
+def _config(overrides: dict, profile: str = PROFILE, seed: int = 0) -> dict:
+    from .profiles import make_config
+
+    return make_config(profile, LOSS, {**overrides, "validation_classes": VALIDATION_CLASSES, "seed": seed})
+
+
+def _resolve(candidate, recipe: dict) -> dict:
+    return dict(candidate(_config(recipe)) if callable(candidate) else candidate)
+
+
+def _score(record: dict) -> float:
+    return float(record["final"][CRITERION])
+
+
+def read_selection(stage: str, results="results") -> dict | None:
+    path = recipe_dir(results) / stage / "selection.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def final_recipe(results="results") -> dict | None:
+    """The overrides the whole study chose (on top of the profile), or None if unfinished."""
+    selection = read_selection(STAGES[-1][0], results)
+    return None if selection is None else selection["recipe"]
+
+
+def run_recipe_study(results="results", runs="runs", processes: int = 1, root=None, profile: str = PROFILE, progress=True, echo=print) -> dict:
+    """Run the stages in order (each one's candidates side by side); returns the recipe."""
+    from . import engine
+    from .runner import Job, run_jobs
+
+    folder = recipe_dir(results)
+    recipe = dict(BASE)
+    done: dict[str, str] = {}  # config as JSON -> record path (relative to results): no run twice
+
+    def key(overrides, seed=0):
+        return json.dumps(_config(overrides, profile, seed), sort_keys=True, default=engine._jsonable)
+
+    # The floor: pretrained features on the held-out classes for every input size and pooling.
+    floors = [_config({**BASE, **_resolve(c, BASE), "pooling": p}, profile) for c in STAGES[0][2].values() for p in POOLINGS]
+    baselines = [
+        Job(f"baseline {c['image_size']} {c['pooling']}", c, folder / "baseline" / f"{c['image_size']}_{c['pooling']}.json", Path(runs), kind="baseline", root=root)
+        for c in {(c["image_size"], c["pooling"]): c for c in floors}.values()
+    ]
+    run_jobs(baselines, processes, progress, echo)
+
+    for stage, question, candidates in STAGES:
+        settings = {name: {**recipe, **_resolve(c, recipe)} for name, c in candidates.items()}
+        jobs, paths = [], {}
+        for name, overrides in settings.items():
+            k = key(overrides)
+            if k in done:
+                paths[name] = done[k]
+                continue
+            path = folder / stage / f"{name}.json"
+            paths[name] = str(path.relative_to(results))
+            done[k] = paths[name]
+            jobs.append(Job(f"{stage}/{name}", _config(overrides, profile), path, Path(runs) / PROFILE / "recipe" / stage / name, root=root))
+        echo(f"stage {stage}: {question}")
+        run_jobs(jobs, processes, progress, echo)
+        records = {name: json.loads((Path(results) / p).read_text()) for name, p in paths.items()}
+        for name, record in records.items():
+            if record.get("evaluated_on", {}).get("split") != "validation":
+                raise ValueError(f"recipe record {paths[name]} was not evaluated on validation classes")
+        scores = {name: _score(r) for name, r in records.items()}
+        best = max(scores.values())
+        chosen = next(name for name, score in scores.items() if score == best)  # ties: the kept recipe
+        recipe = settings[chosen]
+        engine.write_json(folder / stage / "selection.json", {
+            "stage": stage,
+            "question": question,
+            "criterion": f"final validation {CRITERION}",
+            "validation_classes": VALIDATION_CLASSES,
+            "scores": scores,
+            "records": paths,
+            "chosen": chosen,
+            "recipe": recipe,
+            "git": engine.code_version(),
+            "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        })
+        echo(f"stage {stage}: " + ", ".join(f"{n} {s:.4f}" for n, s in scores.items()) + f"; chose {chosen}")
+
+    seed_jobs = [
+        Job(f"seeds/seed_{seed}", _config(recipe, profile, seed), folder / "seeds" / f"seed_{seed}.json",
+            Path(runs) / PROFILE / "recipe" / "seeds" / f"seed_{seed}", root=root)
+        for seed in SEEDS
+    ]
+    run_jobs(seed_jobs, processes, progress, echo)
+    return recipe

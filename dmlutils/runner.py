@@ -1,0 +1,126 @@
+"""Run many training runs side by side: one process per run, one CPU thread each.
+
+    run_jobs([Job("ms_seed1", config, "results/cpu/ms_seed1.json", "runs/cpu/ms_seed1")], processes=2)
+
+A job whose record exists (and is finished) is skipped; an interrupted one resumes from
+its checkpoint. Before it starts, the runner prints what it will run with a time
+estimate (`estimate_seconds`); while it runs, one progress bar counts finished runs.
+Two OpenMP threads on one shared core busy-wait and run slower than one, so each worker
+process is pinned to a single thread; `processes` says how many run at once.
+"""
+from __future__ import annotations
+
+import concurrent.futures as futures
+import json
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+@dataclass
+class Job:
+    name: str
+    config: dict
+    record_path: Path
+    run_dir: Path
+    kind: str = "train"  # or "baseline"
+    root: str | None = field(default=None, repr=False)
+
+
+def finished(record_path) -> bool:
+    path = Path(record_path)
+    if not path.exists():
+        return False
+    return "final" in json.loads(path.read_text())
+
+
+# Seconds per training step of 80 cached activations on one thread of this project's
+# machine (benchmarks/bench_engine.py measures them), by (image size, first trained block);
+# a first guess for the plan, scaled by the trained map's area when feature_crop is set.
+_STEP_SECONDS = {(144, 11): 0.7, (160, 11): 0.85, (224, 11): 1.7, (144, 8): 1.1, (160, 8): 1.4, (224, 8): 2.7}
+_EVAL_SECONDS_PER_IMAGE = {11: 0.005, 8: 0.008}
+
+
+def estimate_seconds(job: Job) -> float:
+    """A rough time of one job on one thread (the plan printed before a batch starts)."""
+    config = job.config
+    if job.kind == "baseline":
+        return 60.0
+    if not config.get("cache_views"):
+        return 1.0 * config["iterations"]
+    size, block = config["image_size"], config["cache_from_block"]
+    step = _STEP_SECONDS.get((size, block), 2.0 * (size / 224) ** 2 * (1.6 if block < 11 else 1.0))
+    if config.get("feature_crop"):
+        full = max(1, round(size / 16))  # the map entering blocks 8-11 is 1/16 of the image
+        step *= min(1.0, (config["feature_crop"] / full) ** 2)
+    evaluations = config["iterations"] // config["eval_every"] + 1
+    eval_images = 1180 if config.get("validation_classes") else 5924
+    return config["iterations"] * step + evaluations * eval_images * _EVAL_SECONDS_PER_IMAGE.get(block, 0.008)
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run(job: Job) -> tuple[str, float, dict]:
+    from . import engine
+
+    started = time.perf_counter()
+    if job.kind == "baseline":
+        record = engine.baseline(job.config, root=job.root, record_path=job.record_path, device="cpu", progress=False)
+    else:
+        record = engine.train(job.config, job.run_dir, resume=True, root=job.root, record_path=job.record_path, progress=False, device="cpu")
+    return job.name, time.perf_counter() - started, record.get("final", {})
+
+
+def plan(jobs: list[Job], processes: int) -> str:
+    todo = [job for job in jobs if not finished(job.record_path)]
+    lines = [f"{len(jobs)} runs, {len(jobs) - len(todo)} with a record already; {len(todo)} to run, {processes} at a time:"]
+    total = 0.0
+    for job in todo:
+        seconds = estimate_seconds(job)
+        total += seconds
+        lines.append(f"  {job.name:<40} about {seconds / 60:5.1f} min")
+    if todo:
+        lines.append(f"about {total / 60:.0f} CPU-minutes, {total / 60 / max(1, min(processes, len(todo))):.0f} minutes of wall time (estimate)")
+    return "\n".join(lines)
+
+
+def run_jobs(jobs: list[Job], processes: int = 1, progress: bool = True, echo=print) -> dict[str, dict]:
+    """Run every job without a finished record; returns {name: final metrics} of those run."""
+    todo = [job for job in jobs if not finished(job.record_path)]
+    echo(plan(jobs, processes))
+    if not todo:
+        return {}
+    for job in todo:  # fail before anything runs, not after an hour
+        Path(job.record_path).parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(Path(job.record_path).parent, os.W_OK):
+            raise PermissionError(f"cannot write run records to {Path(job.record_path).parent}")
+    results = {}
+    if processes <= 1:
+        bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
+        for job in todo:
+            name, seconds, final = _run(job)
+            results[name] = final
+            bar.update(1)
+            bar.write(f"{name}: {seconds / 60:.1f} min, " + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k in ("recall@1", "map@r")))
+        bar.close()
+        return results
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the workers before torch loads there
+    context = multiprocessing.get_context("spawn")
+    with futures.ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_worker_init) as pool:
+        pending = [pool.submit(_run, job) for job in todo]
+        bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
+        for future in futures.as_completed(pending):
+            name, seconds, final = future.result()
+            results[name] = final
+            bar.update(1)
+            bar.write(f"{name}: {seconds / 60:.1f} min, " + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k in ("recall@1", "map@r")))
+        bar.close()
+    return results
