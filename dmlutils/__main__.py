@@ -6,6 +6,7 @@
     python -m dmlutils baseline --profile cpu
     python -m dmlutils study contrastive --profile cpu
     python -m dmlutils recipe --processes 2
+    python -m dmlutils runs --profile cpu --processes 2 [--only group:beta] [--dry-run]
     python -m dmlutils profiles
     python -m dmlutils book --profile smoke
 """
@@ -63,6 +64,15 @@ def main(argv=None) -> int:
     recipe_parser.add_argument("--runs", default="runs", help="folder of checkpoints (default: runs/)")
     recipe_parser.add_argument("--processes", type=int, default=1, help="runs side by side, one thread each (default: 1)")
 
+    runs_parser = commands.add_parser("runs", help="run every missing record of the book's run manifest (dmlutils.manifest)")
+    runs_parser.add_argument("--profile", default="cpu", help=f"one of {', '.join(PROFILES)}")
+    runs_parser.add_argument("--root", default=None, help="data root (default: $DML_DATA, else ./data)")
+    runs_parser.add_argument("--results", default="results", help="folder of run records (default: results/)")
+    runs_parser.add_argument("--runs", default="runs", help="folder of checkpoints (default: runs/)")
+    runs_parser.add_argument("--processes", type=int, default=1, help="runs side by side, one thread each (default: 1)")
+    runs_parser.add_argument("--only", action="append", default=None, metavar="NAME", help="a run name, or group:<group>; repeatable")
+    runs_parser.add_argument("--dry-run", action="store_true", help="print the plan and its time estimate, run nothing")
+
     baseline_parser = commands.add_parser("baseline", help="evaluate the pretrained backbone's pooled features")
     common(baseline_parser)
 
@@ -82,6 +92,11 @@ def main(argv=None) -> int:
             return 0
         from . import engine
 
+        if args.command == "runs":
+            from .manifest import run_manifest
+
+            run_manifest(args.profile, args.results, args.runs, args.processes, args.root, args.only, args.dry_run)
+            return 0
         if args.command == "recipe":
             from .recipe import run_recipe_study
 

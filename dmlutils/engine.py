@@ -526,7 +526,8 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
     labels_array = np.asarray(train_set.labels)
     base_loss = build_loss(config, int(labels_array.max()) + 1, model.embedding_dim)
     # The loss sees the global batch (all processes' rows) and, optionally, a memory of past batches.
-    loss_fn = distributed.GlobalBatchLoss(with_cross_batch_memory(base_loss, config["xbm_size"])).to(device)
+    memory_loss = with_cross_batch_memory(base_loss, config["xbm_size"])
+    loss_fn = distributed.GlobalBatchLoss(memory_loss).to(device)
     backbone_params, head_params = _trainable_parameters(model, config)
     groups = [
         {"params": backbone_params, "lr": config["lr"]},
@@ -611,6 +612,8 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
         train_module.train()
         loss_fn.train()
         for x, y in feeder.batches(sampler, step, segment):
+            if memory_loss is not base_loss:  # XBM's warm-up: no memory before xbm_start
+                memory_loss.enabled = step >= config["xbm_start"]
             loss = loss_fn(train_module(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -26,6 +26,9 @@ window of each cached activation map (evaluation sees the whole map; the convolu
 the global pooling accept either size, and a smaller map is a cheaper step);
 `feature_flip=true` mirrors half of the maps left-right.
 
+`xbm_size=n` adds a cross-batch memory of the last n embeddings (`dmlutils.xbm`), used
+from iteration `xbm_start` on (the XBM paper's warm-up; the memory fills from there).
+
 `PROFILE_VERSIONS` numbers each profile's settings; a record names the version it ran
 under, and tables never mix versions (`dmlutils.records`).
 
@@ -68,6 +71,7 @@ PROFILES: dict[str, dict] = {
         feature_crop=0,
         feature_flip=False,
         xbm_size=0,
+        xbm_start=0,
         validation_classes=0,
         num_workers=0,
         eval_batch_size=256,
@@ -101,6 +105,7 @@ PROFILES: dict[str, dict] = {
         feature_crop=0,
         feature_flip=False,
         xbm_size=0,
+        xbm_start=0,
         validation_classes=0,
         num_workers=0,
         eval_batch_size=128,
@@ -134,6 +139,7 @@ PROFILES: dict[str, dict] = {
         feature_crop=0,
         feature_flip=False,
         xbm_size=0,
+        xbm_start=0,
         validation_classes=0,
         num_workers=4,
         eval_batch_size=128,

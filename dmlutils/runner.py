@@ -79,8 +79,9 @@ def _run(job: Job) -> tuple[str, float, dict]:
     return job.name, time.perf_counter() - started, record.get("final", {})
 
 
-def plan(jobs: list[Job], processes: int) -> str:
-    todo = [job for job in jobs if not finished(job.record_path)]
+def plan(jobs: list[Job], processes: int, is_done=None) -> str:
+    is_done = is_done or (lambda job: finished(job.record_path))
+    todo = [job for job in jobs if not is_done(job)]
     lines = [f"{len(jobs)} runs, {len(jobs) - len(todo)} with a record already; {len(todo)} to run, {processes} at a time:"]
     total = 0.0
     for job in todo:
@@ -92,10 +93,12 @@ def plan(jobs: list[Job], processes: int) -> str:
     return "\n".join(lines)
 
 
-def run_jobs(jobs: list[Job], processes: int = 1, progress: bool = True, echo=print) -> dict[str, dict]:
-    """Run every job without a finished record; returns {name: final metrics} of those run."""
-    todo = [job for job in jobs if not finished(job.record_path)]
-    echo(plan(jobs, processes))
+def run_jobs(jobs: list[Job], processes: int = 1, progress: bool = True, echo=print, is_done=None) -> dict[str, dict]:
+    """Run every job that is not done (default: has no finished record); returns
+    {name: final metrics} of those run."""
+    is_done = is_done or (lambda job: finished(job.record_path))
+    todo = [job for job in jobs if not is_done(job)]
+    echo(plan(jobs, processes, is_done))
     if not todo:
         return {}
     for job in todo:  # fail before anything runs, not after an hour

@@ -354,3 +354,20 @@ def test_with_cross_batch_memory_is_off_at_zero():
     assert isinstance(wrapped, CrossBatchMemoryLoss) and wrapped.memory_size == 64 and wrapped.loss is loss
     with pytest.raises(ValueError, match="xbm_size"):
         with_cross_batch_memory(loss, -1)
+
+
+def test_engine_warm_up_keeps_the_memory_off_until_xbm_start(tmp_path):
+    """A memory that starts at the last iteration never changes a run; one that starts
+    earlier does (the XBM paper's warm-up, `xbm_start`)."""
+    from dmlutils.engine import train
+    from dmlutils.profiles import make_config
+
+    def final(overrides, name):
+        config = make_config("smoke", "multi_similarity", {"iterations": 8, "eval_every": 4, **overrides})
+        return train(config, tmp_path / name, progress=False)["final"]
+
+    plain = final({}, "plain")
+    never = final({"xbm_size": 64, "xbm_start": 8}, "never")
+    early = final({"xbm_size": 64, "xbm_start": 2}, "early")
+    assert never == {**plain}
+    assert early != plain

@@ -1,0 +1,217 @@
+"""Every run record the book's tables need, declared once: name, loss, settings, seeds.
+
+    python -m dmlutils runs --profile cpu --processes 2          # run what is missing
+    python -m dmlutils runs --profile cpu --only ablation:beta --dry-run
+
+A run's record for seed n lives at `results/<profile>/<name>/seed_<n>.json`. A record is
+valid when it is finished and was made under the profile's current version with exactly
+the settings the manifest gives it (`valid_record`); the runner skips valid records,
+resumes interrupted runs from their checkpoints and runs the rest side by side, one
+thread per process (`dmlutils.runner`). Chapters read the manifest (`RUNS`, `group`),
+never a hand-kept list of names.
+
+Seeds: three for the runs whose differences the book reads against the noise (the nine
+losses, the mining / weighting ablation, the embedding sizes 64 and 512, XBM), one for the
+sensitivity sweeps; a sweep value whose single seed differs from the default's mean by
+more than the default's seed standard deviation gets `ESCALATION_SEEDS` too (`escalate`).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .losses.registry import LOSSES
+
+MS = "multi_similarity"
+THREE_SEEDS = (0, 1, 2)
+ESCALATION_SEEDS = (1, 2)
+CRITERION = "recall@1"
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    loss: str | None  # None: the pretrained baseline (no training)
+    overrides: dict = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0,)
+    group: str = "main"
+    escalate: bool = False  # one seed, and more when it differs from the default beyond the noise
+    profiles: tuple[str, ...] = ("smoke", "cpu", "paper")  # where the run is possible
+
+    @property
+    def kind(self) -> str:
+        return "baseline" if self.loss is None else "train"
+
+
+def _sweep(group: str, key: str, values, default, name: str, seeds_at=()) -> list[Run]:
+    """One MS hyper-parameter or setting swept around its default (the default is `multi_similarity`)."""
+    runs = []
+    for value in values:
+        if value == default:
+            continue
+        seeds = THREE_SEEDS if value in seeds_at else (0,)
+        runs.append(Run(f"ms_{name}_{value:g}", MS, {key: value}, seeds, group, escalate=seeds == (0,)))
+    return runs
+
+
+RUNS: list[Run] = [
+    Run("baseline", None, group="main"),
+    *[Run(loss, loss, {}, THREE_SEEDS, "main") for loss in LOSSES],
+    # Mining (each side) and weighting switched off, alone and together (chapter 8).
+    *[
+        Run(name, MS, overrides, THREE_SEEDS, "mining and weighting")
+        for name, overrides in {
+            "ms_no_positive_mining": {"loss.mine_positives": False},
+            "ms_no_negative_mining": {"loss.mine_negatives": False},
+            "ms_no_mining": {"loss.mine_positives": False, "loss.mine_negatives": False},
+            "ms_no_weighting": {"loss.weighting": False},
+            "ms_no_mining_no_weighting": {"loss.mine_positives": False, "loss.mine_negatives": False, "loss.weighting": False},
+        }.items()
+    ],
+    *_sweep("beta", "loss.beta", (10.0, 20.0, 40.0, 80.0), 40.0, "beta"),
+    *_sweep("alpha", "loss.alpha", (1.0, 2.0, 4.0), 2.0, "alpha"),
+    *_sweep("lambda", "loss.lam", (0.3, 0.5, 0.7, 1.0), 0.5, "lam"),
+    *_sweep("epsilon", "loss.epsilon", (0.05, 0.1, 0.2), 0.1, "epsilon"),
+    *_sweep("embedding size", "embedding_dim", (64, 128, 256, 512, 1024), 512, "dim", seeds_at=(64,)),
+    # Batch composition at 80 images: 40 x 2, 16 x 5 (the default), 8 x 10.
+    # (The smoke profile's synthetic split has 10 classes: no 40-class batches there.)
+    Run("ms_batch_40x2", MS, {"p": 40, "k": 2}, (0,), "batch composition", escalate=True, profiles=("cpu", "paper")),
+    Run("ms_batch_8x10", MS, {"p": 8, "k": 10}, (0,), "batch composition", escalate=True, profiles=("cpu", "paper")),
+    # XBM (Wang et al., CVPR 2020): MS also mines the last 1,600 embeddings, after a warm-up.
+    Run("ms_xbm_1600", MS, {"xbm_size": 1600, "xbm_start": 100}, THREE_SEEDS, "cross-batch memory"),
+]
+
+GROUPS: list[str] = list(dict.fromkeys(run.group for run in RUNS))
+
+
+def run(name: str) -> Run:
+    for candidate in RUNS:
+        if candidate.name == name:
+            return candidate
+    raise ValueError(f"no run named {name!r} in the manifest; valid: {', '.join(r.name for r in RUNS)}")
+
+
+def group(name: str) -> list[Run]:
+    runs = [r for r in RUNS if r.group == name]
+    if not runs:
+        raise ValueError(f"no group {name!r} in the manifest; valid: {', '.join(GROUPS)}")
+    return runs
+
+
+def default_of(group_name: str) -> str:
+    """The run a group's rows are compared with: MS loss at the profile's settings."""
+    return MS
+
+
+def record_path(results, profile: str, name: str, seed: int) -> Path:
+    return Path(results) / profile / name / f"seed_{seed}.json"
+
+
+def config_of(entry: Run, profile: str, seed: int) -> dict:
+    from .profiles import make_config
+
+    overrides = {k: v for k, v in entry.overrides.items()}
+    return make_config(profile, entry.loss or MS, {**overrides, "seed": seed})
+
+
+def _as_json(value):
+    from .engine import _jsonable
+
+    return json.loads(json.dumps(value, default=_jsonable))
+
+
+def valid_record(path: Path, config: dict) -> dict | None:
+    """The record at `path` if it is finished, of the profile's current version and made
+    with exactly `config` (ignoring settings that do not change a result); else None."""
+    from .profiles import PROFILE_VERSIONS
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    if "final" not in record or record.get("profile_version", 1) != PROFILE_VERSIONS[config["profile"]]:
+        return None
+    recorded, wanted = _as_json(record["config"]), _as_json(config)
+    for ignored in NOT_RESULT_SETTINGS:
+        recorded.pop(ignored, None)
+        wanted.pop(ignored, None)
+    return record if recorded == wanted else None
+
+
+# Settings that change how a run is executed, not what it computes.
+NOT_RESULT_SETTINGS = ("num_workers", "eval_batch_size")
+
+
+def seeds_wanted(entry: Run, profile: str, results) -> tuple[int, ...]:
+    """The entry's seeds, plus `ESCALATION_SEEDS` when its one seed differs from the
+    default run's mean by more than the default's seed standard deviation."""
+    if not entry.escalate:
+        return entry.seeds
+    first = valid_record(record_path(results, profile, entry.name, 0), config_of(entry, profile, 0))
+    default = run(default_of(entry.group))
+    reference = [
+        valid_record(record_path(results, profile, default.name, s), config_of(default, profile, s)) for s in default.seeds
+    ]
+    if first is None or any(r is None for r in reference):
+        return entry.seeds  # decided once the first seed and the default's seeds exist
+    values = [r["final"][CRITERION] for r in reference]
+    if abs(first["final"][CRITERION] - statistics.mean(values)) > statistics.stdev(values):
+        return tuple(dict.fromkeys(entry.seeds + ESCALATION_SEEDS))
+    return entry.seeds
+
+
+def jobs(profile: str, results="results", runs="runs", root=None, only=None):
+    """The runner's jobs for every (run, seed) of the manifest (or of `only`: run names or
+    `group:<name>`), valid records included (the runner skips them)."""
+    from .runner import Job
+
+    selected = RUNS
+    if only:
+        wanted = set()
+        for item in only:
+            wanted |= {r.name for r in group(item.split(":", 1)[1])} if item.startswith("group:") else {run(item).name}
+        selected = [r for r in RUNS if r.name in wanted]
+    out = []
+    for entry in selected:
+        if profile not in entry.profiles:
+            continue
+        for seed in seeds_wanted(entry, profile, results):
+            config = config_of(entry, profile, seed)
+            path = record_path(results, profile, entry.name, seed)
+            done = valid_record(path, config) is not None
+            out.append((Job(f"{entry.name} seed {seed}", config, path, Path(runs) / profile / entry.name / f"seed_{seed}", entry.kind, root), done))
+    return out
+
+
+def load(profile: str, results="results") -> dict[str, dict[int, dict]]:
+    """{run name: {seed: record}} of every valid record of the manifest."""
+    found: dict[str, dict[int, dict]] = {}
+    for entry in RUNS:
+        if profile not in entry.profiles:
+            continue
+        for seed in sorted(set(entry.seeds) | set(ESCALATION_SEEDS if entry.escalate else ())):
+            record = valid_record(record_path(results, profile, entry.name, seed), config_of(entry, profile, seed))
+            if record is not None:
+                found.setdefault(entry.name, {})[seed] = record
+    return found
+
+
+def run_manifest(profile: str, results="results", runs="runs", processes: int = 1, root=None, only=None, dry_run=False, echo=print) -> int:
+    """Run every missing (run, seed) of the manifest; repeats while escalations add seeds.
+    Returns the number of runs made (or, with `dry_run`, that would be made now)."""
+    from .runner import plan, run_jobs
+
+    made, seen = 0, set()
+    while True:
+        listed = jobs(profile, results, runs, root, only)
+        todo = {job.name for job, done in listed if not done}
+        is_done = lambda job: job.name not in todo  # noqa: E731
+        if dry_run:
+            echo(plan([job for job, _ in listed], processes, is_done))
+            return len(todo)
+        if not todo or todo <= seen:  # nothing new to run (a run that failed stays failed)
+            return made
+        seen |= todo
+        made += len(run_jobs([job for job, _ in listed], processes, echo=echo, is_done=is_done))

@@ -1,0 +1,88 @@
+"""The run manifest: names, validity of records, escalation of seeds, the runner over it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dmlutils import manifest
+from dmlutils.engine import write_json
+from dmlutils.losses.registry import LOSSES
+from dmlutils.profiles import PROFILE_VERSIONS
+
+
+def fake_record(results, profile, name, seed, recall, **changes):
+    entry = manifest.run(name)
+    config = manifest.config_of(entry, profile, seed)
+    record = {"profile_version": PROFILE_VERSIONS[profile], "config": config, "final": {"recall@1": recall}}
+    record.update(changes)
+    write_json(manifest.record_path(results, profile, name, seed), record)
+    return record
+
+
+def test_names_are_unique_and_cover_the_main_table():
+    names = [r.name for r in manifest.RUNS]
+    assert len(names) == len(set(names))
+    assert {r.name for r in manifest.group("main")} == {"baseline", *LOSSES}
+    assert all(r.seeds == manifest.THREE_SEEDS for r in manifest.group("main") if r.loss)
+
+
+def test_every_run_builds_a_valid_config_at_every_profile():
+    for profile in PROFILE_VERSIONS:
+        for entry in manifest.RUNS:
+            if profile not in entry.profiles:
+                continue
+            config = manifest.config_of(entry, profile, 0)  # raises on an unknown setting or hyper-parameter
+            for key, value in entry.overrides.items():
+                if key.startswith("loss."):
+                    assert config["loss_hparams"][key[5:]] == value
+                else:
+                    assert config[key] == value
+
+
+def test_unknown_names_are_named_in_the_error():
+    with pytest.raises(ValueError, match="no run named 'ms_beta_7'.*ms_beta_10"):
+        manifest.run("ms_beta_7")
+    with pytest.raises(ValueError, match="no group 'gamma'.*beta"):
+        manifest.group("gamma")
+
+
+def test_a_record_is_valid_only_for_its_settings_and_profile_version(tmp_path):
+    fake_record(tmp_path, "smoke", "ms_beta_10", 0, 0.5)
+    path = manifest.record_path(tmp_path, "smoke", "ms_beta_10", 0)
+    entry = manifest.run("ms_beta_10")
+    assert manifest.valid_record(path, manifest.config_of(entry, "smoke", 0)) is not None
+    assert manifest.valid_record(path, manifest.config_of(entry, "smoke", 1)) is None  # another seed
+    assert manifest.valid_record(path, manifest.config_of(manifest.run("ms_beta_20"), "smoke", 0)) is None
+    fake_record(tmp_path, "smoke", "ms_beta_10", 0, 0.5, profile_version=PROFILE_VERSIONS["smoke"] - 1)
+    assert manifest.valid_record(path, manifest.config_of(entry, "smoke", 0)) is None  # an older profile
+    fake_record(tmp_path, "smoke", "ms_beta_10", 0, 0.5)
+    record = json.loads(path.read_text())
+    del record["final"]  # interrupted
+    write_json(path, record)
+    assert manifest.valid_record(path, manifest.config_of(entry, "smoke", 0)) is None
+
+
+def test_seeds_escalate_only_beyond_the_default_seed_spread(tmp_path):
+    entry = manifest.run("ms_beta_10")
+    assert manifest.seeds_wanted(entry, "smoke", tmp_path) == (0,)  # nothing to compare with yet
+    for seed, recall in zip((0, 1, 2), (0.50, 0.52, 0.54)):  # mean 0.52, std 0.02
+        fake_record(tmp_path, "smoke", "multi_similarity", seed, recall)
+    fake_record(tmp_path, "smoke", "ms_beta_10", 0, 0.535)  # 0.015 from the mean: within the noise
+    assert manifest.seeds_wanted(entry, "smoke", tmp_path) == (0,)
+    fake_record(tmp_path, "smoke", "ms_beta_10", 0, 0.45)  # 0.07 below: beyond it
+    assert manifest.seeds_wanted(entry, "smoke", tmp_path) == (0, 1, 2)
+    assert manifest.seeds_wanted(manifest.run("ms_no_mining"), "smoke", tmp_path) == (0, 1, 2)  # always three
+
+
+def test_the_runner_makes_missing_records_once(tmp_path):
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    made = manifest.run_manifest("smoke", results, runs, processes=1, only=["baseline", "ms_dim_128"], echo=lambda *_: None)
+    assert made == 2
+    loaded = manifest.load("smoke", results)
+    assert set(loaded) == {"baseline", "ms_dim_128"}
+    assert loaded["ms_dim_128"][0]["config"]["embedding_dim"] == 128
+    assert loaded["ms_dim_128"][0]["profile_version"] == PROFILE_VERSIONS["smoke"]
+    again = manifest.run_manifest("smoke", results, runs, processes=1, only=["ms_dim_256", "ms_dim_128", "baseline"], echo=lambda *_: None)
+    assert again == 1  # ms_dim_256 only: the two records are valid and skipped
+    assert manifest.run_manifest("smoke", results, runs, only=["baseline"], dry_run=True, echo=lambda *_: None) == 0
