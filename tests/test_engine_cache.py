@@ -1,0 +1,59 @@
+"""The activation cache of the cpu path: built once when several runs start together."""
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import torch
+from data_fixtures import make_cub
+
+from dmlutils import engine
+from dmlutils.profiles import make_config
+
+
+def tiny_cpu_config() -> dict:
+    # EfficientNet-Lite0 without its weights, 32-px images, one view: a cache in seconds.
+    return make_config("cpu", "multi_similarity", {"pretrained": False, "image_size": 32, "resize_size": 36, "cache_views": 1})
+
+
+def _build_in_a_process(root, cache, barrier, builds_file):
+    import os
+
+    os.environ["DML_CACHE"] = cache
+    torch.set_num_threads(1)
+    real_build = engine._build_activation_cache
+
+    def counted_build(*args, **kwargs):
+        with open(builds_file, "a") as f:
+            f.write("built\n")
+        time.sleep(1.0)  # hold the lock long enough for the other process to reach it
+        return real_build(*args, **kwargs)
+
+    engine._build_activation_cache = counted_build
+    config = tiny_cpu_config()
+    train, test = engine.build_datasets(config, root)
+    model = engine.build_model(config)
+    barrier.wait()  # both processes ask for the cache at the same moment
+    cache = engine.activation_cache(config, model, train, test, progress=False)
+    torch.save(cache["train"], f"{builds_file}.{os.getpid()}.pt")
+
+
+def test_two_runs_started_together_build_the_cache_once(tmp_path):
+    root = tmp_path / "data"
+    make_cub(root, classes_per_split=2, images_per_class=3)
+    builds = tmp_path / "builds.txt"
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    processes = [
+        context.Process(target=_build_in_a_process, args=(str(root), str(tmp_path / "cache"), barrier, str(builds)))
+        for _ in range(2)
+    ]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    assert builds.read_text().count("built") == 1
+    first, second = (torch.load(p) for p in sorted(tmp_path.glob("builds.txt.*.pt")))
+    assert torch.equal(first, second)
+    assert len(list((tmp_path / "cache").glob("activations-*.pt"))) == 1
