@@ -137,6 +137,8 @@ def test_stable_for_large_scales_and_similarities_near_one(dtype):
     assert torch.isfinite(loss.pair_weights(S, labels)).all()
 
 
+# The value of a batch without positive pairs; its warning is tested in test_losses_contract.py.
+@pytest.mark.filterwarnings("ignore::dmlutils.losses.NoPositivePairWarning")
 @pytest.mark.parametrize(
     "labels, sides",
     [
@@ -153,6 +155,8 @@ def test_degenerate_batches_keep_only_the_side_they_have(labels, sides):
     assert (W >= 0).all() if sides == "positive" else (W <= 0).all()
 
 
+# The value of a batch without positive pairs; its warning is tested in test_losses_contract.py.
+@pytest.mark.filterwarnings("ignore::dmlutils.losses.NoPositivePairWarning")
 def test_single_sample_batch_is_a_differentiable_zero():
     embeddings, labels = pk_batch(1, 1, seed=10)
     value, grad = value_and_grad(BinomialDevianceLoss(), embeddings, labels)

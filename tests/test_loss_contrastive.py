@@ -111,6 +111,8 @@ def test_single_class_batch_has_only_the_positive_term():
     assert float(value) == pytest.approx(pair_loop(embeddings, labels, 0.9, 0.5), rel=1e-12)
 
 
+# The value of a batch without positive pairs; its warning is tested in test_losses_contract.py.
+@pytest.mark.filterwarnings("ignore::dmlutils.losses.NoPositivePairWarning")
 def test_all_distinct_labels_have_only_the_negative_term():
     embeddings, labels = unbalanced_batch([1] * 8, seed=8)
     value, grad = value_and_grad(ContrastiveLoss(), embeddings, labels)
@@ -118,6 +120,8 @@ def test_all_distinct_labels_have_only_the_negative_term():
     assert float(value) == pytest.approx(pair_loop(embeddings, labels, 1.0, 0.5), rel=1e-12)
 
 
+# The value of a batch without positive pairs; its warning is tested in test_losses_contract.py.
+@pytest.mark.filterwarnings("ignore::dmlutils.losses.NoPositivePairWarning")
 def test_single_sample_batch_is_a_differentiable_zero():
     embeddings, labels = pk_batch(1, 1, seed=9)
     value, grad = value_and_grad(ContrastiveLoss(), embeddings, labels)

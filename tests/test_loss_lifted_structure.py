@@ -168,6 +168,8 @@ def test_generalised_singleton_differs_from_pml_as_documented():
     torch.testing.assert_close(pml(embeddings, labels) - ours, singleton_terms / len(labels), rtol=0, atol=1e-10)
 
 
+# The value of a batch without positive pairs; its warning is tested in test_losses_contract.py.
+@pytest.mark.filterwarnings("ignore::dmlutils.losses.NoPositivePairWarning")
 @pytest.mark.parametrize("loss_fn", [LiftedStructureLoss(), GeneralizedLiftedStructureLoss()])
 @pytest.mark.parametrize("labels", [[3] * 6, list(range(6))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -120,6 +120,8 @@ def test_pair_weights_equal_minus_autograd(labels, symmetric):
         torch.testing.assert_close(W.sum(dim=1), torch.zeros(len(labels), dtype=W.dtype), rtol=0, atol=1e-12)
 
 
+# The value of a batch without positive pairs; its warning is tested in test_losses_contract.py.
+@pytest.mark.filterwarnings("ignore::dmlutils.losses.NoPositivePairWarning")
 @pytest.mark.parametrize(
     "labels",
     [[3] * 6, list(range(6)), [0, 0, 1, 2, 3, 4]],  # one class; all distinct; one pair + singletons

@@ -127,6 +127,8 @@ def test_two_class_batch_has_no_quadruplets_and_equals_the_triplet_loss():
     torch.testing.assert_close(ours[1], triplet[1], rtol=1e-12, atol=1e-15)
 
 
+# The value of a batch without positive pairs; its warning is tested in test_losses_contract.py.
+@pytest.mark.filterwarnings("ignore::dmlutils.losses.NoPositivePairWarning")
 @pytest.mark.parametrize(
     "labels",
     [pytest.param(torch.zeros(6, dtype=torch.long), id="single-class"), pytest.param(torch.arange(6), id="all-distinct")],

@@ -183,6 +183,8 @@ def test_zero_when_every_constraint_is_met(dtype):
     assert torch.equal(embeddings.grad, torch.zeros_like(embeddings))
 
 
+# The value of a batch without positive pairs; its warning is tested in test_losses_contract.py.
+@pytest.mark.filterwarnings("ignore::dmlutils.losses.NoPositivePairWarning")
 @pytest.mark.parametrize("labels", [[3] * 6, list(range(6))], ids=["single-class", "all-distinct"])
 @pytest.mark.parametrize("detach_weights", [True, False])
 def test_one_sided_batches_still_learn_and_match_loop(labels, detach_weights):

@@ -152,6 +152,8 @@ def test_pair_weights_equal_autograd(make_batch, reduction):
     torch.testing.assert_close(W[same].sum(), -W[~same].sum(), rtol=1e-12, atol=1e-12)
 
 
+# The value of a batch without positive pairs; its warning is tested in test_losses_contract.py.
+@pytest.mark.filterwarnings("ignore::dmlutils.losses.NoPositivePairWarning")
 @pytest.mark.parametrize(
     "labels",
     [pytest.param(torch.zeros(6, dtype=torch.long), id="single-class"), pytest.param(torch.arange(6), id="all-distinct")],

@@ -1,6 +1,8 @@
 """Pair-based losses on one contract: `loss(embeddings, labels)`, `from_similarity(S, labels)`,
 closed-form `pair_weights(S, labels)` = -dL/dS; chosen by name with `get_loss`."""
 from .base import (
+    MetricLoss,
+    NoPositivePairWarning,
     SimilarityLoss,
     check_inputs,
     cosine_similarity_matrix,
@@ -20,7 +22,7 @@ from .quadruplet import QuadrupletLoss
 from .ranked_list import RankedListLoss
 from .triplet import TripletLoss
 from .triplet_center import TripletCenterLoss
-from .registry import LOSSES, get_loss, hparams_of, loss_hparam_names, register
+from .registry import LOSSES, get_loss, hparams_of, loss_hparam_names, register, required_hparam_names
 
 __all__ = [
     "LOSSES",
@@ -28,6 +30,9 @@ __all__ = [
     "hparams_of",
     "loss_hparam_names",
     "register",
+    "required_hparam_names",
+    "MetricLoss",
+    "NoPositivePairWarning",
     "SimilarityLoss",
     "BinomialDevianceLoss",
     "ContrastiveLoss",

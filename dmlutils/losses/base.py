@@ -2,7 +2,9 @@
 
 Everything a loss needs that is not the loss's own formula lives here, once:
 
-* `check_inputs` turns bad input into a `ValueError` that says what to fix;
+* `check_inputs` / `check_similarity` turn bad input into a `ValueError` that says what
+  to fix — NaN / inf rows included (`check_finite_rows`: a diverged run must fail, not
+  train on a silent 0);
 * `cosine_similarity_matrix` is the S of the paper (rows L2-normalised, S = E E^T);
 * `label_masks` gives the positive mask (same label, diagonal excluded) and the
   negative mask (different label);
@@ -13,14 +15,19 @@ Everything a loss needs that is not the loss's own formula lives here, once:
 * `differentiable_zero` is the loss of a batch with nothing to learn from: exactly 0,
   attached to the graph so `loss.backward()` works and gives zero gradients.
 
-`SimilarityLoss` is the base class of the eight losses that are functions of S:
-`forward(embeddings, labels)` checks, normalises, builds S and calls
-`from_similarity(S, labels)`; subclasses also give the closed-form
-`pair_weights(S, labels)` = -dL/dS that `dmlutils.gpw` checks against autograd.
+`MetricLoss` is the base class of every registered loss: its `check_batch`, run by every
+`forward`, checks the inputs and warns (once per loss) about a batch without a positive
+pair — or raises, for a loss built with `strict=True`. `SimilarityLoss` is the base class
+of the eight losses that are functions of S: `forward(embeddings, labels)` checks,
+normalises, builds S and calls `from_similarity(S, labels)`; subclasses also give the
+closed-form `pair_weights(S, labels)` = -dL/dS that `dmlutils.gpw` checks against autograd.
 """
 from __future__ import annotations
 
 import math
+import os
+import sys
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -36,11 +43,15 @@ __all__ = [
     "masked_logsumexp",
     "masked_softmax",
     "check_finite",
+    "check_finite_rows",
     "DISTANCE_CLAMP",
     "log1p_sum_exp",
     "softmax_with_one",
     "masked_mean",
     "differentiable_zero",
+    "has_positive_pair",
+    "NoPositivePairWarning",
+    "MetricLoss",
     "SimilarityLoss",
 ]
 
@@ -88,6 +99,7 @@ def check_inputs(embeddings: Tensor, labels: Tensor) -> None:
             f"embeddings must be floating point, got dtype {embeddings.dtype}; use embeddings.float()."
         )
     _check_labels(labels, embeddings.shape[0], "embeddings", embeddings.device)
+    check_finite_rows(embeddings, "embeddings", _DIVERGED)
 
 
 def check_similarity(S: Tensor, labels: Tensor, reference_labels: Tensor | None = None) -> None:
@@ -115,6 +127,39 @@ def check_similarity(S: Tensor, labels: Tensor, reference_labels: Tensor | None 
                 f"S has {S.shape[0]} anchors but {S.shape[1]} references; the first references "
                 "must be the anchors themselves (the batch, then e.g. a memory)."
             )
+    check_finite_rows(S, "S", "a similarity matrix must be finite; " + _FROM_EMBEDDINGS)
+
+
+# Hints of the non-finite errors: what usually causes them, and what to do.
+_DIVERGED = (
+    "no loss can be computed from them (multi-similarity would silently return 0 and "
+    "training would go on). Usually the run has diverged — the learning rate is too high — or an "
+    "input held NaN/inf; lower the learning rate, or find the first bad batch with "
+    "torch.isfinite(embeddings).all(dim=1)."
+)
+_FROM_EMBEDDINGS = (
+    "it is usually built from embeddings that already held NaN/inf — a diverged run "
+    "(learning rate too high) or a bad input; check them with torch.isfinite(embeddings).all(dim=1)."
+)
+
+
+def check_finite_rows(x: Tensor, what: str, hint: str) -> None:
+    """Raise a `ValueError` naming the rows of `x` that hold NaN or inf (then the `hint`).
+
+    Cheap on the normal path: the sum of the entries is finite exactly when every entry is
+    (a NaN or inf entry makes it NaN or inf) — unless the finite entries overflow it, which
+    the exact per-entry test then clears. One reduction, no B x D boolean tensor.
+    """
+    if math.isfinite(float(x.detach().sum())):
+        return
+    bad = ~torch.isfinite(x.detach())
+    rows = bad.reshape(bad.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
+    if not rows:  # the finite entries' sum overflowed: nothing to report
+        return
+    has_nan, has_inf = bool(torch.isnan(x).any()), bool(torch.isinf(x).any())
+    kind = "NaN and inf" if has_nan and has_inf else "NaN" if has_nan else "inf"
+    shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+    raise ValueError(f"{what} rows [{shown}] hold {kind} ({len(rows)} of {x.shape[0]} rows): {hint}")
 
 
 def cosine_similarity_matrix(embeddings: Tensor, eps: float = 1e-12) -> Tensor:
@@ -232,6 +277,95 @@ def differentiable_zero(like: Tensor) -> Tensor:
     return (like * 0.0).sum()
 
 
+def has_positive_pair(labels: Tensor) -> bool:
+    """Whether some two samples of the batch share a label (a positive pair exists)."""
+    return torch.unique(labels).numel() < labels.numel()
+
+
+class NoPositivePairWarning(UserWarning):
+    """A batch without a positive pair (no two samples share a label): in a P x K batch the
+    sampler's k is < 2 or the labels are wrong. Filter it like any warning, e.g.
+    `warnings.simplefilter("error", NoPositivePairWarning)`."""
+
+
+# Frames that are the loss machinery itself (this package, torch's Module.__call__): the
+# warning points at the first frame outside them, the caller's `loss(embeddings, labels)`.
+_INTERNAL_FRAMES = tuple(
+    os.path.dirname(os.path.abspath(path)) + os.sep for path in (__file__, nn.Module.__call__.__code__.co_filename)
+)
+
+
+def _caller_stacklevel() -> int:
+    """`warnings.warn`'s stacklevel (1 = the function that calls this one, then `warn`) of
+    the first frame outside `_INTERNAL_FRAMES`."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_INTERNAL_FRAMES):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+# `without_positive_pairs` of the losses whose negative terms stand alone (contrastive,
+# binomial deviance, ranked list): a batch of distinct labels still pushes its samples
+# apart, only the pull within a class is lost — in a P x K batch still a bug to report.
+NEGATIVES_ONLY = "only its negative pairs act: nothing pulls samples of a class together"
+
+
+class MetricLoss(nn.Module):
+    """The base of every registered loss: the checks every `forward` runs on its batch.
+
+    `check_batch(embeddings, labels)`:
+    * bad inputs (shapes, dtypes, devices, NaN / inf rows) raise a `ValueError` (`check_inputs`);
+    * a batch without a positive pair warns, once per loss instance
+      (`NoPositivePairWarning`), or raises a `ValueError` if the loss was built with
+      `strict=True`. In a P x K batch it means the sampler's k is < 2 or the labels are
+      wrong; training would go on silently, on zero or on negatives alone.
+
+    `without_positive_pairs` says what such a batch leaves of the loss (the warning quotes
+    it); None for a loss that does not use the batch's positive pairs at all
+    (triplet-center: each sample's positive is its class centre), which never warns.
+    `strict` is an option of the base, not a hyper-parameter: it changes no value, so
+    `hparams_of` leaves it out of run records (`registry.BASE_OPTIONS`).
+    """
+
+    without_positive_pairs: str | None = "the loss is 0 and nothing is learned from it"
+
+    def __init__(self, *, strict: bool = False):
+        super().__init__()
+        if not isinstance(strict, bool):
+            raise ValueError(f"strict must be True or False, got {strict!r}.")
+        self.strict = strict
+        self._warned_no_positive_pair = False
+
+    def check_batch(self, embeddings: Tensor, labels: Tensor) -> None:
+        """The input checks, then the positive-pair check (see the class docstring)."""
+        check_inputs(embeddings, labels)
+        if self.without_positive_pairs is None or (self._warned_no_positive_pair and not self.strict):
+            return  # warned once already: the check costs nothing from here on
+        if has_positive_pair(labels):
+            return
+        message = (
+            f"{type(self).__name__}: the batch of {labels.numel()} samples has no positive pair "
+            f"(no two samples share a label), so {self.without_positive_pairs}. In a P x K batch "
+            "(P classes, K samples of each: PKSampler(labels, p, k), the profile's p and k) this "
+            "means the sampler's k is < 2, or the labels are wrong (e.g. one id per sample "
+            "instead of the class id)."
+        )
+        if self.strict:
+            raise ValueError(message + " Raised because the loss was built with strict=True.")
+        self._warned_no_positive_pair = True
+        warnings.warn(
+            message + " Warned once per loss; build it with strict=True to raise instead.",
+            NoPositivePairWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+
+    def extra_repr(self) -> str:
+        from .registry import hparams_of
+
+        options = ["strict=True"] if self.strict else []
+        return ", ".join([f"{k}={v!r}" for k, v in hparams_of(self).items()] + options)
+
+
 class _PairWeightedLoss(torch.autograd.Function):
     """L(normalise(E) normalise(E)^T) with the backward pass taken from the pair weights.
 
@@ -259,7 +393,7 @@ class _PairWeightedLoss(torch.autograd.Function):
         return (grad_f - radial * f) / norms, None, None
 
 
-class SimilarityLoss(nn.Module):
+class SimilarityLoss(MetricLoss):
     """A loss L(S) of the batch cosine-similarity matrix S (the GPW view of the MS paper).
 
     Subclasses implement `from_similarity(S, labels)` and `pair_weights(S, labels)`,
@@ -280,7 +414,7 @@ class SimilarityLoss(nn.Module):
         raise NotImplementedError
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        check_inputs(embeddings, labels)
+        self.check_batch(embeddings, labels)
         if type(self).value_and_pair_weights is not SimilarityLoss.value_and_pair_weights:
             return _PairWeightedLoss.apply(embeddings, labels, self)
         return self.from_similarity(cosine_similarity_matrix(embeddings), labels)
@@ -290,8 +424,3 @@ class SimilarityLoss(nn.Module):
 
     def pair_weights(self, S: Tensor, labels: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def extra_repr(self) -> str:
-        from .registry import hparams_of
-
-        return ", ".join(f"{k}={v!r}" for k, v in hparams_of(self).items())

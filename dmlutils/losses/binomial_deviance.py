@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SimilarityLoss, check_finite, check_similarity, label_masks
+from .base import NEGATIVES_ONLY, SimilarityLoss, check_finite, check_similarity, label_masks
 from .registry import register
 
 
@@ -43,8 +43,10 @@ from .registry import register
 class BinomialDevianceLoss(SimilarityLoss):
     """Binomial deviance on cosine similarities: alpha 2, beta 50 (= alpha * C, C = 25), lam 0.5."""
 
-    def __init__(self, alpha: float = 2.0, beta: float = 50.0, lam: float = 0.5):
-        super().__init__()
+    without_positive_pairs = NEGATIVES_ONLY  # its negative terms stand alone
+
+    def __init__(self, alpha: float = 2.0, beta: float = 50.0, lam: float = 0.5, *, strict: bool = False):
+        super().__init__(strict=strict)
         check_finite(alpha=alpha, beta=beta, lam=lam)
         if alpha <= 0 or beta <= 0:
             raise ValueError(

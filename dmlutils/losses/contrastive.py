@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SimilarityLoss, check_finite, check_similarity, label_masks, masked_mean
+from .base import NEGATIVES_ONLY, SimilarityLoss, check_finite, check_similarity, label_masks, masked_mean
 from .registry import register
 
 
@@ -39,8 +39,10 @@ class ContrastiveLoss(SimilarityLoss):
     """Margin-based contrastive loss on cosine similarities (mean over positive pairs
     + mean over negative pairs)."""
 
-    def __init__(self, pos_margin: float = 1.0, neg_margin: float = 0.5):
-        super().__init__()
+    without_positive_pairs = NEGATIVES_ONLY  # its negative terms stand alone
+
+    def __init__(self, pos_margin: float = 1.0, neg_margin: float = 0.5, *, strict: bool = False):
+        super().__init__(strict=strict)
         check_finite(pos_margin=pos_margin, neg_margin=neg_margin)
         for name, value in (("pos_margin", pos_margin), ("neg_margin", neg_margin)):
             # Outside [-1, 1] the hinge on a cosine similarity is always on or always off.

@@ -66,8 +66,8 @@ __all__ = [
 class LiftedStructureLoss(SimilarityLoss):
     """Oh Song et al.'s lifted structured loss; `margin` is the paper's alpha (default 1)."""
 
-    def __init__(self, margin: float = 1.0):
-        super().__init__()
+    def __init__(self, margin: float = 1.0, *, strict: bool = False):
+        super().__init__(strict=strict)
         check_finite(margin=margin)
         if margin < 0:
             raise ValueError(

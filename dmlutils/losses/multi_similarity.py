@@ -83,8 +83,10 @@ class MultiSimilarityLoss(SimilarityLoss):
         mine_positives: bool = True,
         mine_negatives: bool = True,
         weighting: bool = True,
+        *,
+        strict: bool = False,
     ):
-        super().__init__()
+        super().__init__(strict=strict)
         if alpha <= 0 or beta <= 0:
             raise ValueError(f"alpha and beta must be positive, got alpha={alpha}, beta={beta}")
         self.alpha, self.beta, self.lam, self.epsilon = alpha, beta, lam, epsilon

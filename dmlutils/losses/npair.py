@@ -65,8 +65,8 @@ def npair_indices(labels: Tensor) -> tuple[Tensor, Tensor]:
 class NPairLoss(SimilarityLoss):
     """Sohn's multi-class N-pair loss on one (first, second) sample pair per class."""
 
-    def __init__(self, scale: float = 1.0):
-        super().__init__()
+    def __init__(self, scale: float = 1.0, *, strict: bool = False):
+        super().__init__(strict=strict)
         check_finite(scale=scale)
         if scale <= 0:
             raise ValueError(f"scale must be positive, got {scale}.")

@@ -131,8 +131,8 @@ def quadruplet_violation_counts(S: Tensor, labels: Tensor, margin_second: float)
 class QuadrupletLoss(SimilarityLoss):
     """Triplet term (margin) + quadruplet term (margin_second) on cosine similarities."""
 
-    def __init__(self, margin: float = 0.1, margin_second: float = 0.05):
-        super().__init__()
+    def __init__(self, margin: float = 0.1, margin_second: float = 0.05, *, strict: bool = False):
+        super().__init__(strict=strict)
         check_margin("margin", margin)
         check_margin("margin_second", margin_second)
         self.margin = float(margin)

@@ -46,6 +46,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .base import (
+    NEGATIVES_ONLY,
     SimilarityLoss,
     check_finite,
     check_similarity,
@@ -63,6 +64,8 @@ __all__ = ["RankedListLoss"]
 class RankedListLoss(SimilarityLoss):
     """Ranked list loss with the official CUB hyper-parameters (alpha 1.4, margin 0.2, Tp 0, Tn 10)."""
 
+    without_positive_pairs = NEGATIVES_ONLY  # its negative terms stand alone
+
     def __init__(
         self,
         margin: float = 0.2,
@@ -71,8 +74,10 @@ class RankedListLoss(SimilarityLoss):
         Tn: float = 10.0,
         Tp: float = 0.0,
         detach_weights: bool = True,
+        *,
+        strict: bool = False,
     ):
-        super().__init__()
+        super().__init__(strict=strict)
         check_finite(margin=margin, alpha=alpha, lam=lam, Tn=Tn, Tp=Tp)
         if alpha <= 0:
             raise ValueError(f"alpha (the distance negatives must exceed) must be > 0, got {alpha}.")

@@ -173,8 +173,8 @@ def triplet_term(S: Tensor, labels: Tensor, margin: float, reduction: str = "mea
 class TripletLoss(SimilarityLoss):
     """"Batch all" triplet loss on cosine similarities, margin 0.1 (FaceNet's 0.2 on |a - b|^2)."""
 
-    def __init__(self, margin: float = 0.1, reduction: str = "mean"):
-        super().__init__()
+    def __init__(self, margin: float = 0.1, reduction: str = "mean", *, strict: bool = False):
+        super().__init__(strict=strict)
         check_margin("margin", margin)
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}.")

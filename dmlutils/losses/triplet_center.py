@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import check_inputs
+from .base import MetricLoss, check_finite_rows
 from .registry import register
 from .triplet import check_margin
 
@@ -53,11 +53,16 @@ def _check_count(name: str, value: int, minimum: int) -> None:
 
 
 @register("triplet_center")
-class TripletCenterLoss(nn.Module):
+class TripletCenterLoss(MetricLoss):
     """Triplet-center loss with learnable unit-norm class centres, margin 0.1 on cosine similarity."""
 
-    def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.1):
-        super().__init__()
+    # Each sample's positive is its class centre, not another sample: a batch of distinct
+    # labels trains this loss fully, so it never warns about missing positive pairs (and
+    # `strict` has nothing to raise about here; it is accepted like every loss's).
+    without_positive_pairs = None
+
+    def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.1, *, strict: bool = False):
+        super().__init__(strict=strict)
         # Two classes at least: each sample needs a centre other than its own to compete with.
         _check_count("num_classes", num_classes, 2)
         _check_count("embedding_dim", embedding_dim, 1)
@@ -74,7 +79,7 @@ class TripletCenterLoss(nn.Module):
             self.centers.copy_(F.normalize(torch.randn(self.num_classes, self.embedding_dim), dim=1))
 
     def _check(self, embeddings: Tensor, labels: Tensor) -> None:
-        check_inputs(embeddings, labels)
+        self.check_batch(embeddings, labels)
         if embeddings.shape[0] == 0:
             raise ValueError("the batch is empty; pass at least one embedding.")
         if embeddings.shape[1] != self.embedding_dim:
@@ -121,11 +126,14 @@ class TripletCenterLoss(nn.Module):
                 f"and {labels.shape[0]} labels; build it with loss.center_similarity(embeddings)."
             )
         self._check_label_range(labels)
+        check_finite_rows(
+            T,
+            "T (similarities to the class centres)",
+            "it must be finite; the embeddings or the centres (a parameter the optimiser updates) "
+            "hold NaN/inf — usually a diverged run: lower the learning rate.",
+        )
         _, own_similarity, hardest_other = self._own_and_hardest_other(T, labels)
         return F.relu(hardest_other - own_similarity + self.margin).mean()
-
-    def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, margin={self.margin}"
 
     @torch.no_grad()
     def center_weights(self, embeddings: Tensor, labels: Tensor) -> Tensor:
