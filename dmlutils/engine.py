@@ -555,7 +555,7 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
         "git": code_version(),
         "device": str(device),
         "environment": environment(),
-        "data": {"train_images": len(train_set), "test_images": len(test_set), "root": str(getattr(train_set, "root", ""))},
+        "data": {"train": train_set.fingerprint(), "test": test_set.fingerprint()},  # no machine paths: dmlutils.data.data_fingerprint
         "evaluated_on": _evaluated_on(config, test_set),
         "cache_seconds": None if cache is None else cache.get("seconds"),
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -666,7 +666,7 @@ def baseline(config: dict, root=None, record_path=None, device=None, progress: b
         "git": code_version(),
         "device": str(device),
         "environment": environment(),
-        "data": {"test_images": len(test_set), "root": str(getattr(test_set, "root", ""))},
+        "data": {"test": test_set.fingerprint()},
         "evaluated_on": _evaluated_on(config, test_set),
         "wall_time_seconds": time.perf_counter() - t0,
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

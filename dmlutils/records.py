@@ -2,17 +2,19 @@
 
 The book builds every table and curve from these; a loss without a record is shown as
 "not run", never as a number.
+
+Records hold no path of the machine that made them (the data is named by a fingerprint,
+`dmlutils.data.data_fingerprint`); `strip_machine_paths` removes those older records held.
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from .engine import REPO_ROOT
 
 DEFAULT_RESULTS = REPO_ROOT / "results"
-
-
 def load_records(profile: str, results_dir=None) -> dict[str, dict]:
     """{record name: record} of every finished record of a profile (name = file stem)."""
     folder = Path(results_dir or DEFAULT_RESULTS) / profile
@@ -111,3 +113,68 @@ def load_validation_runs(profile: str, results_dir=None) -> dict[str, dict]:
         if path.exists():
             found[name] = json.loads(path.read_text())
     return found
+
+
+# --- no paths of the machine that made a record -------------------------------------------
+
+# An absolute path: POSIX (/...), home (~/...) or a Windows drive (C:\\... or C:/...).
+_ABSOLUTE = re.compile(r"(?:^|(?<=[\s'\"(=:,]))(?:~/|/(?=[\w.~-])|[A-Za-z]:[\\/])[^\s'\"(),;]*")
+
+
+def machine_paths(record, where: str = "") -> list[tuple[str, str]]:
+    """(JSON path, string) of every string in a record that is or holds an absolute path."""
+    found = []
+    if isinstance(record, dict):
+        for key, value in record.items():
+            found += machine_paths(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(record, list):
+        for i, value in enumerate(record):
+            found += machine_paths(value, f"{where}[{i}]")
+    elif isinstance(record, str) and _ABSOLUTE.search(record):
+        found.append((where, record))
+    return found
+
+
+def _is_path(value) -> bool:
+    return isinstance(value, str) and bool(_ABSOLUTE.fullmatch(value.strip()))
+
+
+def _portable(path: str) -> str:
+    """An absolute path inside a text (e.g. a command line), written without this machine:
+    relative to the repository when inside it, else `<tmp>/...` or `<local>/<name>`."""
+    import tempfile
+
+    for base, prefix in ((REPO_ROOT, ""), (Path(tempfile.gettempdir()), "<tmp>/"), (Path("/tmp"), "<tmp>/")):
+        try:
+            return prefix + Path(path).relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return "<local>/" + re.split(r"[\\/]", path.rstrip("/\\"))[-1]
+
+
+def strip_machine_paths(record):
+    """A copy of `record` without paths of the machine that made it: an entry whose value is
+    an absolute path (e.g. the `data.root` of older records) is dropped; an absolute path
+    inside a longer string (a command line) is made relative to the repository, or to
+    `<tmp>` or `<local>` (see `_portable`)."""
+    if isinstance(record, dict):
+        return {k: strip_machine_paths(v) for k, v in record.items() if not _is_path(v)}
+    if isinstance(record, list):
+        return [strip_machine_paths(v) for v in record if not _is_path(v)]
+    if isinstance(record, str):
+        return _ABSOLUTE.sub(lambda m: _portable(m.group(0)), record)
+    return record
+
+
+def strip_machine_paths_in(folder=None) -> list[Path]:
+    """Rewrite every JSON file under `folder` (default results/) that holds a machine path,
+    with `strip_machine_paths` (atomically, in the records' own format); the files changed."""
+    from .engine import write_json
+
+    changed = []
+    for path in sorted(Path(folder or DEFAULT_RESULTS).rglob("*.json")):
+        data = json.loads(path.read_text())
+        if machine_paths(data):
+            write_json(path, strip_machine_paths(data))
+            changed.append(path)
+    return changed

@@ -4,8 +4,18 @@ import json
 import pytest
 
 from dmlutils.ablations import ABLATIONS, ablation, all_ablations
+from dmlutils.engine import REPO_ROOT, write_json
 from dmlutils.profiles import make_config
-from dmlutils.records import ensure_records, learning_curve, load_records, provenance
+from dmlutils.records import (
+    DEFAULT_RESULTS,
+    ensure_records,
+    learning_curve,
+    load_records,
+    machine_paths,
+    provenance,
+    strip_machine_paths,
+    strip_machine_paths_in,
+)
 
 
 def test_every_ablation_is_a_valid_configuration_at_every_profile():
@@ -51,3 +61,53 @@ def test_ensure_records_trains_only_what_is_missing(tmp_path, monkeypatch):
     assert again["a"]["final"] == first["a"]["final"]
     assert (tmp_path / "results" / "smoke" / "a.json").stat().st_mtime_ns == stamp  # not retrained
     assert ensure_records("smoke", {"b": ("triplet", {})}, tmp_path / "results", train_missing=False) == {}
+
+
+# --- no paths of the machine that made a record --------------------------------------------
+
+
+def test_strip_machine_paths_drops_path_values_and_rewrites_paths_in_commands():
+    record = {
+        "data": {"train_images": 5864, "root": "/work/shared/data/CUB_200_2011"},
+        "report": {"root": "C:\\Users\\me\\data", "rate": "300 images/s", "ratio": "1/2"},
+        "command": f"python benchmarks/run_all.py --out-dir {REPO_ROOT}/results/benchmarks --tmp /tmp/bench_x1/raw.json",
+        "homes": ["~/data", "results/cpu"],
+        "final": {"recall@1": 0.5},
+    }
+    assert {where for where, _ in machine_paths(record)} == {"data.root", "report.root", "command", "homes[0]"}
+    stripped = strip_machine_paths(record)
+    assert stripped == {
+        "data": {"train_images": 5864},
+        "report": {"rate": "300 images/s", "ratio": "1/2"},
+        "command": "python benchmarks/run_all.py --out-dir results/benchmarks --tmp <tmp>/bench_x1/raw.json",
+        "homes": ["results/cpu"],
+        "final": {"recall@1": 0.5},
+    }
+    assert machine_paths(stripped) == [] and strip_machine_paths(stripped) == stripped
+    assert record["data"]["root"]  # the argument is left as it was
+
+
+def test_strip_machine_paths_in_rewrites_only_the_files_that_need_it(tmp_path):
+    write_json(tmp_path / "cpu" / "a.json", {"data": {"root": "/home/x/CUB_200_2011", "test_images": 3}})
+    write_json(tmp_path / "cpu" / "b.json", {"data": {"test_images": 3}})
+    untouched = (tmp_path / "cpu" / "b.json").stat().st_mtime_ns
+    assert strip_machine_paths_in(tmp_path) == [tmp_path / "cpu" / "a.json"]
+    assert json.loads((tmp_path / "cpu" / "a.json").read_text()) == {"data": {"test_images": 3}}
+    assert (tmp_path / "cpu" / "a.json").read_text() == (tmp_path / "cpu" / "b.json").read_text()  # the records' format
+    assert (tmp_path / "cpu" / "b.json").stat().st_mtime_ns == untouched
+
+
+def test_no_json_under_results_holds_a_path_of_the_machine_that_wrote_it():
+    """Committed records and reports, and any new one about to be (results/cpu/recipe/, ...)."""
+    paths = sorted(DEFAULT_RESULTS.rglob("*.json"))
+    assert len(paths) > 20  # the committed records and benchmark reports are there to check
+    offending = {}
+    for path in paths:
+        found = machine_paths(json.loads(path.read_text()))
+        if found:
+            offending[str(path.relative_to(DEFAULT_RESULTS))] = found[:3]
+    assert not offending, (
+        "absolute paths in run records / reports (fix the writer; then "
+        "`python -c 'from dmlutils.records import strip_machine_paths_in; strip_machine_paths_in()'`): "
+        f"{offending}"
+    )

@@ -7,6 +7,10 @@ to :class:`dmlutils.samplers.PKSampler`) and ``classes``; the real ones also ``p
 
 The data root is the ``root`` argument, else ``$DML_DATA``, else ``./data``
 (:func:`resolve_data_root`).
+
+Run records name their data by :func:`data_fingerprint` (also ``dataset.fingerprint()``):
+the data set's name, split, number of images and a SHA-256 over the image list and the
+files' hashes -- never a path of the machine that ran them.
 """
 
 from .base import (
@@ -21,6 +25,7 @@ from .base import (
 from .cars import Cars196
 from .cub import CUB200
 from .download import ChecksumError, DownloadError, download_and_extract, download_file, extract_archive, md5sum
+from .fingerprint import data_fingerprint, file_sha256
 from .inshop import InShop
 from .sop import StanfordOnlineProducts
 from .synthetic import SyntheticDataset
@@ -59,10 +64,12 @@ __all__ = [
     "StanfordOnlineProducts",
     "SyntheticDataset",
     "TRANSFORM_SPECS",
+    "data_fingerprint",
     "denormalize",
     "download_and_extract",
     "download_file",
     "extract_archive",
+    "file_sha256",
     "get_dataset",
     "get_transforms",
     "load_rgb",

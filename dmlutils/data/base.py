@@ -229,6 +229,13 @@ class ImageListDataset(Dataset):
             self.paths[index],
         )
 
+    def fingerprint(self) -> dict:
+        """What a run record says about its data, with no path of this machine
+        (:func:`dmlutils.data.data_fingerprint`)."""
+        from .fingerprint import data_fingerprint
+
+        return data_fingerprint(self)
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(split={getattr(self, 'split', None)!r}, images={len(self)}, "
@@ -283,6 +290,12 @@ class ClassSubset(Dataset):
 
     def __getitem__(self, index: int):
         return self.dataset[int(self.indices[index])]
+
+    def fingerprint(self) -> dict:
+        """The fingerprint of these samples (:func:`dmlutils.data.data_fingerprint`)."""
+        from .fingerprint import data_fingerprint
+
+        return data_fingerprint(self)
 
     def __repr__(self) -> str:
         return f"ClassSubset({self.dataset!r}, {len(self)} samples, {len(np.unique(self.labels))} classes)"

@@ -49,6 +49,7 @@ class SyntheticDataset(Dataset):
     """
 
     splits = ("train", "test")
+    version = 1  # part of the fingerprint: bump it when the same parameters generate other pixels
 
     def __init__(
         self,
@@ -100,6 +101,12 @@ class SyntheticDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def fingerprint(self) -> dict:
+        """A fingerprint of the generation parameters (:func:`dmlutils.data.data_fingerprint`)."""
+        from .fingerprint import data_fingerprint
+
+        return data_fingerprint(self)
 
     def __getitem__(self, index: int):
         if not -len(self) <= index < len(self):
