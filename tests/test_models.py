@@ -30,7 +30,15 @@ from dmlutils.models import (
     resnet50,
     tiny_cnn,
 )
-from dmlutils.models.bninception import BN_INCEPTION_URL
+from dmlutils.models import bninception as bninception_module
+from dmlutils.models.bninception import (
+    BN_INCEPTION_FILE,
+    BN_INCEPTION_SHA256_PREFIX,
+    BN_INCEPTION_URL,
+    BN_INCEPTION_URLS,
+    fetch_bn_inception_weights,
+    sha256_of,
+)
 from dmlutils.models.efficientnet_lite import Conv2dSame, lite0_weights_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -345,6 +353,17 @@ def test_bn_inception_loads_tsn_layout_with_1xC_batchnorm_tensors(tmp_path):
                        state["inception_4a_3x3_bn.running_mean"])
 
 
+def test_bn_inception_loads_tsn_layout_with_its_fc_classifier(tmp_path):
+    state = _fake_published_checkpoint(seed=3)
+    tsn = {(k.replace("last_linear.", "fc.") if k.startswith("last_linear.") else k): v for k, v in state.items()}
+    assert "fc.weight" in tsn and "last_linear.weight" not in tsn
+    path = tmp_path / "bn_inception-9f5701afb96c8044.pth"
+    torch.save(tsn, path)
+    model = bn_inception(pretrained=True, weights_path=str(path))
+    assert torch.equal(model.last_linear.weight, state["last_linear.weight"])
+    assert model.weights_source == {"file": path.name, "sha256": sha256_of(str(path))}
+
+
 def test_bn_inception_rejects_a_wrong_checkpoint(tmp_path):
     state = _fake_published_checkpoint()
     del state["inception_5b_pool_proj.weight"]
@@ -367,7 +386,26 @@ def test_bn_inception_offline_error_says_where_to_put_the_file(tmp_path, monkeyp
         bn_inception(pretrained=True)
     message = str(info.value)
     assert BN_INCEPTION_URL in message and expected_file in message
-    assert "weights_path" in message
+    # the ways out: the setting on the command line and in Python, and the other backbone
+    assert "--set weights_path=" in message and 'overrides={"weights_path"' in message
+    assert "--set backbone=resnet50" in message and BN_INCEPTION_SHA256_PREFIX in message
+    assert not os.path.exists(expected_file)
+
+
+def _as_published(monkeypatch, path) -> str:
+    """Make `path` pass the published file's SHA-256 check: no file of ours can have the
+    real prefix, so the expected prefix becomes this file's (same length)."""
+    digest = sha256_of(str(path))
+    monkeypatch.setattr(bninception_module, "BN_INCEPTION_SHA256_PREFIX",
+                        digest[:len(BN_INCEPTION_SHA256_PREFIX)])
+    return digest
+
+
+def test_the_published_file_name_carries_its_sha256_prefix():
+    # torch.hub's convention: <name>-<first digits of the SHA-256>.<ext>
+    assert BN_INCEPTION_FILE == "bn_inception-52deb4733.pth"
+    assert BN_INCEPTION_SHA256_PREFIX == "52deb4733"
+    assert all(url.endswith("/" + BN_INCEPTION_FILE) for url in BN_INCEPTION_URLS)
 
 
 def test_bn_inception_uses_the_cached_file_without_network(tmp_path, monkeypatch):
@@ -378,8 +416,78 @@ def test_bn_inception_uses_the_cached_file_without_network(tmp_path, monkeypatch
     cached.parent.mkdir(parents=True)
     state = _fake_published_checkpoint(seed=2)
     torch.save(state, cached)
+    digest = _as_published(monkeypatch, cached)
     model = bn_inception(pretrained=True)
     assert torch.equal(model.conv1_7x7_s2.weight, state["conv1_7x7_s2.weight"])
+    assert model.weights_source == {"file": BN_INCEPTION_FILE, "sha256": digest}
+
+
+def test_a_cached_file_with_the_wrong_sha256_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda *a, **k: pytest.fail("should not download"))
+    cached = tmp_path / "hub" / "checkpoints" / BN_INCEPTION_FILE
+    cached.parent.mkdir(parents=True)
+    torch.save(_fake_published_checkpoint(seed=2), cached)  # not the published file
+    with pytest.raises(RuntimeError, match="does not start with 52deb4733") as info:
+        bn_inception(pretrained=True)
+    assert str(cached) in str(info.value) and "weights_path" in str(info.value)
+
+
+def test_the_download_is_checked_and_lands_in_the_cache(tmp_path, monkeypatch):
+    """A file:// URL stands in for the host: torch.hub's real downloader runs."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    served = tmp_path / "host" / BN_INCEPTION_FILE
+    served.parent.mkdir()
+    state = _fake_published_checkpoint(seed=4)
+    torch.save(state, served)
+    digest = _as_published(monkeypatch, served)
+    monkeypatch.setattr(bninception_module, "BN_INCEPTION_URLS", (served.as_uri(),))
+    model = bn_inception(pretrained=True)
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / BN_INCEPTION_FILE
+    assert cached.is_file() and sha256_of(str(cached)) == digest
+    assert torch.equal(model.inception_5b_pool_proj.weight, state["inception_5b_pool_proj.weight"])
+    assert sorted(p.name for p in cached.parent.iterdir()) == [BN_INCEPTION_FILE]  # no partial file left
+
+
+def test_a_download_with_the_wrong_sha256_is_not_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    served = tmp_path / "host" / BN_INCEPTION_FILE
+    served.parent.mkdir()
+    torch.save(_fake_published_checkpoint(seed=5), served)  # a substituted file
+    monkeypatch.setattr(bninception_module, "BN_INCEPTION_URLS", (served.as_uri(),))
+    with pytest.raises(RuntimeError) as info:
+        bn_inception(pretrained=True)
+    message = str(info.value)
+    assert "SHA-256 mismatch" in message and sha256_of(str(served)) in message
+    assert served.as_uri() in message and "--set backbone=resnet50" in message
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    assert list(folder.iterdir()) == []  # neither the file nor a partial download
+
+
+def test_the_next_source_is_tried_when_one_fails(tmp_path, monkeypatch):
+    good = tmp_path / "mirror" / BN_INCEPTION_FILE
+    good.parent.mkdir()
+    torch.save(_fake_published_checkpoint(seed=6), good)
+    bad = tmp_path / "corrupt" / BN_INCEPTION_FILE
+    bad.parent.mkdir()
+    bad.write_bytes(good.read_bytes()[:1000])  # truncated
+    _as_published(monkeypatch, good)
+    calls = []
+    real = torch.hub.download_url_to_file
+
+    def downloader(url, dst, *args, **kwargs):
+        calls.append(url)
+        if url.startswith("http://unreachable"):
+            raise urllib.error.URLError("[Errno 110] Connection timed out")
+        return real(url, dst, *args, **kwargs)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", downloader)
+    destination = tmp_path / "cache" / BN_INCEPTION_FILE
+    urls = ("http://unreachable.example/" + BN_INCEPTION_FILE, bad.as_uri(), good.as_uri())
+    assert fetch_bn_inception_weights(str(destination), urls=urls, progress=False) == str(destination)
+    assert calls == list(urls)
+    assert destination.read_bytes() == good.read_bytes()
 
 
 @pytest.mark.parametrize("size", [224, 227])

@@ -13,12 +13,24 @@ both give a 7 x 7 map at the end). After global pooling the feature has 1024 dim
 Two details of the Caffe original that change the output and are kept: pooling
 layers round their output size up (`ceil_mode=True`), and the last module (5b) uses
 max pooling in its pooling branch where all the earlier full modules average.
+
+Getting the weights. `bn_inception(pretrained=True)` reads torch's hub cache
+(`$TORCH_HOME/hub/checkpoints/bn_inception-52deb4733.pth`), downloading the file there
+the first time from each of `BN_INCEPTION_URLS` in turn. The file name carries the
+first digits of the file's SHA-256 (torch.hub's convention: `<name>-<sha256 prefix>.pth`);
+a download, or a file found in the cache, whose SHA-256 does not start with them is
+refused. Only one source is listed: no other host that publishes this exact file, with
+this hash, was found (the TSN author's `bn_inception-9f5701afb96c8044.pth` holds the
+same Caffe weights in an older layout, but its name's digits are not its SHA-256, so
+it cannot be checked; it loads through `weights_path`). When the host is unreachable
+the error says where to put the file, how to point the `weights_path` setting at a copy
+elsewhere, and how to switch to ResNet-50 (`backbone=resnet50`, torchvision's weights).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import urllib.error
 from dataclasses import dataclass
 
 import torch
@@ -30,12 +42,23 @@ from .preprocessing import InputConfig
 __all__ = [
     "BNInception",
     "bn_inception",
+    "BN_INCEPTION_FILE",
     "BN_INCEPTION_URL",
+    "BN_INCEPTION_URLS",
     "BN_INCEPTION_INPUT",
+    "BN_INCEPTION_SHA256_PREFIX",
+    "fetch_bn_inception_weights",
     "load_bn_inception_checkpoint",
+    "sha256_of",
 ]
 
-BN_INCEPTION_URL = "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth"
+# Cadene's pretrained-models.pytorch port: the file the official MS-loss code loads.
+BN_INCEPTION_FILE = "bn_inception-52deb4733.pth"
+# Sources tried in order; any copy of the same file passes the same SHA-256 check.
+BN_INCEPTION_URLS = (f"http://data.lip6.fr/cadene/pretrainedmodels/{BN_INCEPTION_FILE}",)
+BN_INCEPTION_URL = BN_INCEPTION_URLS[0]
+# torch.hub's convention: the digits after the last "-" of the name start the SHA-256.
+BN_INCEPTION_SHA256_PREFIX = torch.hub.HASH_REGEX.search(BN_INCEPTION_FILE).group(1)
 
 BN_INCEPTION_INPUT = InputConfig(
     color_space="BGR", value_range=(0.0, 255.0), mean=(104.0, 117.0, 128.0),
@@ -196,12 +219,15 @@ def load_bn_inception_checkpoint(model: BNInception, state_dict: dict) -> BNInce
     """Load a BN-Inception ImageNet state dict strictly.
 
     Older copies of these weights (the TSN port) store BatchNorm tensors as
-    (1, C); they are squeezed to (C,). Checkpoints saved before PyTorch 0.4 carry
+    (1, C); they are squeezed to (C,), and their classifier `fc` becomes
+    `last_linear`. Checkpoints saved before PyTorch 0.4 carry
     no `num_batches_tracked`; BatchNorm fills it in itself.
     """
     own = model.state_dict()
     fixed = {}
     for key, value in state_dict.items():
+        if key.startswith("fc.") and f"last_linear.{key[3:]}" in own:
+            key = f"last_linear.{key[3:]}"  # the TSN port names the classifier `fc`
         target = own.get(key)
         if (target is not None and value.dim() == 2 and value.shape[0] == 1
                 and target.dim() == 1 and value.shape[1] == target.shape[0]):
@@ -215,39 +241,101 @@ def _checkpoint_cache_path(url: str) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
 
 
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _ways_out(destination: str) -> str:
+    return (
+        f"Ways out:\n"
+        f"  - download {BN_INCEPTION_FILE} on a machine with internet and put it at "
+        f"{destination} (checked: its SHA-256 starts with {BN_INCEPTION_SHA256_PREFIX});\n"
+        f"  - or keep a copy anywhere and point the `weights_path` setting at it: "
+        f"`python -m dmlutils train --profile paper --set weights_path=/path/to/{BN_INCEPTION_FILE}` "
+        f"on the command line, `make_config(\"paper\", overrides={{\"weights_path\": \"/path/to/{BN_INCEPTION_FILE}\"}})` "
+        f"in Python or a chapter, or bn_inception(pretrained=True, weights_path=...);\n"
+        f"  - or train ResNet-50 with torchvision's ImageNet weights instead: `--set backbone=resnet50` "
+        f"(its records name backbone resnet50, not the paper's BN-Inception)."
+    )
+
+
+def fetch_bn_inception_weights(destination: str | None = None, urls=None,
+                               progress: bool = True) -> str:
+    """The path of a verified copy of the published weights, downloading it if needed.
+
+    A file already at `destination` (default: torch's hub cache) must have the SHA-256
+    prefix of its name. Otherwise each of `urls` (default: `BN_INCEPTION_URLS`) is tried
+    in turn; a download goes to a temporary file beside `destination` and is renamed into
+    place only once its SHA-256 matches, so a truncated or substituted file is never kept.
+    When no URL gives the file, a RuntimeError lists each failure and the ways out.
+    """
+    destination = destination or _checkpoint_cache_path(BN_INCEPTION_FILE)
+    urls = BN_INCEPTION_URLS if urls is None else urls
+    prefix = BN_INCEPTION_SHA256_PREFIX
+    if os.path.isfile(destination):
+        digest = sha256_of(destination)
+        if not digest.startswith(prefix):
+            raise RuntimeError(
+                f"the BN-Inception weights at {destination} have SHA-256 {digest}, which does "
+                f"not start with {prefix}: the file is truncated, corrupt or a different one. "
+                f"Delete it to download it again, or load another copy with the `weights_path` "
+                f"setting.\n" + _ways_out(destination)
+            )
+        return destination
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    failures = []
+    for url in urls:
+        partial = f"{destination}.{os.getpid()}.download"
+        try:
+            torch.hub.download_url_to_file(url, partial, progress=progress)
+            digest = sha256_of(partial)
+            if not digest.startswith(prefix):
+                failures.append(f"  {url}: SHA-256 mismatch: got {digest}, expected it to start "
+                                f"with {prefix} (truncated, corrupt or a different file)")
+                continue
+            os.replace(partial, destination)
+            return destination
+        except Exception as err:  # any failure of one source: try the next, report all
+            failures.append(f"  {url}: {type(err).__name__}: {getattr(err, 'reason', err)}")
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
+    raise RuntimeError(
+        f"could not download the BN-Inception ImageNet weights {BN_INCEPTION_FILE}:\n"
+        + "\n".join(failures) + "\n" + _ways_out(destination)
+    )
+
+
 def bn_inception(pretrained: bool = False, weights_path: str | None = None,
                  num_classes: int = 1000) -> BNInception:
     """BN-Inception; with `pretrained`, the public ImageNet weights.
 
-    The weights are read from `weights_path` if given, else from torch's hub cache
-    (downloaded from `BN_INCEPTION_URL` the first time). Without internet, put the
-    file at the path the error message names, or pass `weights_path`.
+    The weights are read from `weights_path` if given (any copy in the published or the
+    TSN layout, not checksummed: the caller chose it), else from torch's hub cache,
+    downloaded and checked by `fetch_bn_inception_weights` the first time. The model's
+    `weights_source` names the file read and its SHA-256, for run records.
     """
     if weights_path is not None and not pretrained:
         raise ValueError("weights_path is given but pretrained=False; "
                          "pass pretrained=True to load it")
     model = BNInception(num_classes=1000)
+    model.weights_source = None
     if pretrained:
         if weights_path is not None:
             if not os.path.isfile(weights_path):
-                raise FileNotFoundError(f"BN-Inception weights not found at {weights_path}")
-            state = _torch_load(weights_path)
+                raise FileNotFoundError(
+                    f"BN-Inception weights not found at {weights_path} (the `weights_path` "
+                    f"setting). Point it at a copy of {BN_INCEPTION_FILE}, or leave it empty "
+                    f"to use torch's hub cache ({_checkpoint_cache_path(BN_INCEPTION_FILE)}).")
+            path = weights_path
         else:
-            cached = _checkpoint_cache_path(BN_INCEPTION_URL)
-            if not os.path.isfile(cached):
-                os.makedirs(os.path.dirname(cached), exist_ok=True)
-                try:
-                    # download_url_to_file writes a temp file and renames it.
-                    torch.hub.download_url_to_file(BN_INCEPTION_URL, cached)
-                except (urllib.error.URLError, OSError) as err:
-                    raise RuntimeError(
-                        f"could not download the BN-Inception ImageNet weights from "
-                        f"{BN_INCEPTION_URL} ({err}). Without internet, fetch that "
-                        f"file on another machine and put it at {cached}, or pass "
-                        f"weights_path=... to bn_inception()."
-                    ) from err
-            state = _torch_load(cached)
-        load_bn_inception_checkpoint(model, state)
+            path = fetch_bn_inception_weights()
+        load_bn_inception_checkpoint(model, _torch_load(path))
+        model.weights_source = {"file": os.path.basename(path), "sha256": sha256_of(path)}
     if num_classes != 1000:
         model.last_linear = nn.Linear(model.num_features, num_classes)
     return model
