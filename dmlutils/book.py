@@ -22,9 +22,11 @@ with a non-zero exit and a message naming the chapter and the cell. Then
 `notebooks/NN_name.ipynb` in and running the book adds it as a chapter.
 
 Each chapter shows where its numbers came from with `show_provenance(...)` (profile,
-seed, git commit, time of execution), the only function here that chapters import;
-it, like the rest of this module, imports papermill and torch lazily, so it also runs
-in Colab without the book's build tools.
+seed, git commit, time of execution) and starts with `work_in_repository()`, so that
+its relative paths are the repository's even when papermill runs it from elsewhere;
+these are the only functions here that chapters import. They, like the rest of this
+module, import papermill and torch lazily, so they also run in Colab without the
+book's build tools.
 """
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ __all__ = [
     "show_provenance",
     "strip_notebook",
     "sync_colab",
+    "work_in_repository",
     "write_toc",
 ]
 
@@ -253,6 +256,38 @@ def execute_chapter(
     return output
 
 
+# --- where a chapter's relative paths point (imported by the chapters) ---------------------------
+
+
+def is_book_root(folder: str | os.PathLike) -> bool:
+    """True if `folder` is a book's root: it holds `_config.yml` and `notebooks/`."""
+    folder = Path(folder)
+    return (folder / "_config.yml").is_file() and (folder / "notebooks").is_dir()
+
+
+def work_in_repository() -> Path:
+    """Make the repository root the working directory of a chapter's kernel; returns it.
+
+    A chapter's relative paths -- its `results_dir` and `data_root` parameters, `./data`
+    (the default data root), `constraints.txt`, `runs/` -- then mean the repository's
+    folders wherever papermill (or Jupyter, whose kernels start in `notebooks/`) was
+    started. Nothing moves when the working directory already is a book's root (the
+    book runner starts every kernel in its root), nor when dmlutils is installed
+    outside a checkout (then there is no repository to move to). A relative
+    `$DML_DATA` was meant from where the kernel started: it is made absolute first.
+    """
+    here = Path.cwd()
+    if is_book_root(here) or not is_book_root(REPO_ROOT):
+        return here
+    from .data.base import DATA_ROOT_ENV
+
+    data_env = os.environ.get(DATA_ROOT_ENV)
+    if data_env and not Path(data_env).expanduser().is_absolute():
+        os.environ[DATA_ROOT_ENV] = str((here / data_env).resolve())
+    os.chdir(REPO_ROOT)
+    return REPO_ROOT
+
+
 # --- provenance (imported by the chapters) --------------------------------------------------
 
 
@@ -415,7 +450,11 @@ def new_chapter(root: str | os.PathLike, name: str, title: str) -> Path:
         nbformat.v4.new_markdown_cell(f"# {title}\n\n{colab_badge(url, branch, filename)}\n\nWhat this chapter teaches, in one paragraph."),
         install,
         parameters,
-        nbformat.v4.new_code_cell("from dmlutils.book import show_provenance\n\nshow_provenance(profile, seed)"),
+        nbformat.v4.new_code_cell(
+            "from dmlutils.book import show_provenance, work_in_repository\n\n"
+            "work_in_repository()  # relative paths (results_dir, data_root) are the repository's\n"
+            "show_provenance(profile, seed)"
+        ),
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(path, nbformat.writes(nb) + "\n")

@@ -1,7 +1,11 @@
 """Reading run records (the JSON files `python -m dmlutils train|baseline` writes).
 
 The book builds every table and curve from these; a loss without a record is shown as
-"not run", never as a number.
+"not run", never as a number. But a chapter that finds no record *at all* for the cpu
+profile, whose records ship with the repository, was pointed at the wrong folder: it
+raises `RecordsNotFound`, naming the folder it looked in and the commands that make the
+records, so a batch run fails instead of rendering a book of "not run". At the paper
+profile (records made on a GPU, none shipped) it prints a warning block to stderr and goes on.
 
 Records hold no path of the machine that made them (the data is named by a fingerprint,
 `dmlutils.data.data_fingerprint`); `strip_machine_paths` removes those older records held.
@@ -10,11 +14,55 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 from .engine import REPO_ROOT
 
 DEFAULT_RESULTS = REPO_ROOT / "results"
+# Profiles whose records are committed under results/: finding none of them is an error.
+SHIPPED_PROFILES = ("cpu",)
+# Profiles whose records a chapter warns about when it finds none (the smoke profile trains its own).
+WARNED_PROFILES = ("paper",)
+
+
+class RecordsNotFound(FileNotFoundError):
+    """No run record at all where a chapter looked; the message says where and how to make them."""
+
+
+def no_records_message(profile: str, folder) -> str:
+    """What a reader needs when a chapter finds no record: where it looked, how to make them."""
+    folder = Path(folder).expanduser().resolve()
+    state = "holds no finished record (*.json)" if folder.is_dir() else "does not exist"
+    lines = [f"No run records at the {profile!r} profile: {folder}/ {state}.", "Make them with"]
+    if profile == "cpu":
+        lines.append("    make results-cpu        # the nine losses and the baseline, from the repository root")
+    lines += [
+        f"    python -m dmlutils train --profile {profile} --loss multi_similarity   # one loss; a record each",
+        f"    python -m dmlutils baseline --profile {profile}",
+    ]
+    if (DEFAULT_RESULTS / profile).is_dir() and (DEFAULT_RESULTS / profile).resolve() != folder:
+        lines.append(f"The repository's records of this profile are in {DEFAULT_RESULTS / profile}/: pass -p results_dir {DEFAULT_RESULTS}.")
+    lines.append(f"In a chapter, a relative results_dir is the repository's ({REPO_ROOT}), wherever papermill runs.")
+    return "\n".join(lines)
+
+
+def check_records_found(profile: str, results_dir=None) -> None:
+    """Raise `RecordsNotFound` (profiles in SHIPPED_PROFILES) or warn (WARNED_PROFILES) when
+    the profile's folder holds no finished record at all; some records present is fine
+    (the tables show the others as "not run")."""
+    if profile not in SHIPPED_PROFILES + WARNED_PROFILES:
+        return
+    folder = Path(results_dir or DEFAULT_RESULTS) / profile
+    if load_records(profile, results_dir):
+        return
+    message = no_records_message(profile, folder)
+    if profile in SHIPPED_PROFILES:
+        raise RecordsNotFound(message)
+    banner = "!" * 88
+    print(f"{banner}\nWARNING: {message}\nThe tables show every row of this profile as 'not run'.\n{banner}", file=sys.stderr)
+
+
 def load_records(profile: str, results_dir=None) -> dict[str, dict]:
     """{record name: record} of every finished record of a profile (name = file stem)."""
     folder = Path(results_dir or DEFAULT_RESULTS) / profile
@@ -30,7 +78,8 @@ def load_records(profile: str, results_dir=None) -> dict[str, dict]:
 def ensure_records(profile: str, runs: dict[str, tuple[str, dict]], results_dir=None, train_missing=False, root=None) -> dict[str, dict]:
     """The finished records of `runs` ({name: (loss, overrides)}); with `train_missing`,
     first train the ones that have none (the book does this at the smoke profile only,
-    where a run takes seconds)."""
+    where a run takes seconds). When the profile has no record at all,
+    `check_records_found` raises (cpu) or warns (paper)."""
     from .engine import train
     from .profiles import make_config
 
@@ -44,6 +93,8 @@ def ensure_records(profile: str, runs: dict[str, tuple[str, dict]], results_dir=
             record_path = folder / profile / f"{name}.json"
             train(config, Path("runs") / profile / name, record_path=record_path, root=root, progress=False)
         existing = load_records(profile, folder)
+    if not existing:
+        check_records_found(profile, folder)
     return {name: existing[name] for name in runs if name in existing}
 
 

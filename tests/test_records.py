@@ -8,6 +8,7 @@ from dmlutils.engine import REPO_ROOT, write_json
 from dmlutils.profiles import make_config
 from dmlutils.records import (
     DEFAULT_RESULTS,
+    RecordsNotFound,
     ensure_records,
     learning_curve,
     load_records,
@@ -61,6 +62,45 @@ def test_ensure_records_trains_only_what_is_missing(tmp_path, monkeypatch):
     assert again["a"]["final"] == first["a"]["final"]
     assert (tmp_path / "results" / "smoke" / "a.json").stat().st_mtime_ns == stamp  # not retrained
     assert ensure_records("smoke", {"b": ("triplet", {})}, tmp_path / "results", train_missing=False) == {}
+
+
+# --- no records at all: loud at the cpu and paper profiles ---------------------------------
+
+FINISHED = {"profile": "cpu", "loss": "triplet", "evaluations": [], "final": {"iteration": 0, "recall@1": 0.5}}
+
+
+def test_no_record_at_all_at_the_cpu_profile_raises_naming_the_folder_and_the_command(tmp_path):
+    with pytest.raises(RecordsNotFound) as error:
+        ensure_records("cpu", {"triplet": ("triplet", {})}, tmp_path / "elsewhere")
+    message = str(error.value)
+    assert f"{tmp_path / 'elsewhere' / 'cpu'}/ does not exist" in message
+    assert "make results-cpu" in message and "python -m dmlutils train --profile cpu" in message
+    assert f"-p results_dir {DEFAULT_RESULTS}" in message  # where the repository's records are
+    (tmp_path / "elsewhere" / "cpu").mkdir(parents=True)
+    with pytest.raises(RecordsNotFound, match="holds no finished record"):
+        ensure_records("cpu", {"triplet": ("triplet", {})}, tmp_path / "elsewhere")
+
+
+def test_some_records_present_keep_the_others_as_not_run(tmp_path, capsys):
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "triplet.json").write_text(json.dumps(FINISHED))
+    found = ensure_records("cpu", {"triplet": ("triplet", {}), "npair": ("npair", {})}, tmp_path)
+    assert list(found) == ["triplet"]
+    # a chapter's other tables (e.g. an ablation group) may have none of theirs: still fine
+    assert ensure_records("cpu", {"ms_no_mining": ("multi_similarity", {})}, tmp_path) == {}
+    assert capsys.readouterr().err == ""
+
+
+def test_no_record_at_the_paper_profile_prints_a_warning_block_and_goes_on(tmp_path, capsys):
+    assert ensure_records("paper", {"triplet": ("triplet", {})}, tmp_path) == {}
+    err = capsys.readouterr().err
+    assert err.startswith("!" * 20) and "WARNING: No run records at the 'paper' profile" in err
+    assert str(tmp_path / "paper") in err and "python -m dmlutils train --profile paper" in err
+
+
+def test_the_smoke_profile_stays_quiet_without_records(tmp_path, capsys):
+    assert ensure_records("smoke", {"triplet": ("triplet", {})}, tmp_path) == {}
+    assert capsys.readouterr().err == ""
 
 
 # --- no paths of the machine that made a record --------------------------------------------
