@@ -50,7 +50,7 @@ from . import __version__
 from . import distributed
 from .losses import get_loss, hparams_of
 from .metrics import evaluate
-from .profiles import PROFILE_VERSIONS
+from .profiles import PROFILE_VERSIONS, PROFILES
 from .samplers import PKSampler
 from .xbm import with_cross_batch_memory
 
@@ -168,15 +168,57 @@ def _dataset(config: dict, split: str, augment: bool, root=None):
     from .data import get_dataset, get_transforms
 
     if config["data"] == "synthetic":  # generated tensors in [0, 1]: no decoding, no augmentation
-        return get_dataset("synthetic", split=split, seed=config["seed"], image_size=config["image_size"])
+        return _first_classes(config, get_dataset("synthetic", split=split, seed=config["seed"], image_size=config["image_size"]))
     sizes = dict(resize=config["resize_size"], crop=config["image_size"])
-    return get_dataset(config["data"], root=root, split=split, transform=get_transforms(config["transform"], train=augment, **sizes))
+    return _first_classes(
+        config, get_dataset(config["data"], root=root, split=split, transform=get_transforms(config["transform"], train=augment, **sizes))
+    )
+
+
+def _first_classes(config: dict, dataset):
+    """The samples of the first `max_classes` classes of a split (all of them when 0)."""
+    n = config.get("max_classes", 0)
+    if not n:
+        return dataset
+    from .data import ClassSubset
+
+    labels = np.asarray(dataset.labels)
+    classes = np.unique(labels)
+    if len(classes) < n:
+        raise ValueError(f"max_classes={n} but this split has only {len(classes)} classes")
+    return ClassSubset(dataset, np.flatnonzero(np.isin(labels, classes[:n])))
+
+
+def build_backbone(config: dict) -> nn.Module:
+    """The profile's backbone, its ImageNet weights read from `weights_path` when set."""
+    from .models import get_backbone
+
+    kwargs = {}
+    if config.get("weights_path"):
+        if config["backbone"] != "bn_inception":
+            raise ValueError(
+                f"weights_path loads BN-Inception weights; backbone {config['backbone']!r} gets its own "
+                "(leave weights_path empty)"
+            )
+        kwargs["weights_path"] = config["weights_path"]
+    return get_backbone(config["backbone"], pretrained=config["pretrained"], **kwargs)
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(config: dict, device):
+    """torch.autocast at the `amp` setting for a forward pass; a no-op when "off"."""
+    amp = config.get("amp", "off")
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=AMP_DTYPES[amp])
 
 
 def build_model(config: dict) -> nn.Module:
-    from .models import EmbeddingModel, get_backbone
+    from .models import EmbeddingModel
 
-    backbone = get_backbone(config["backbone"], pretrained=config["pretrained"])
+    backbone = build_backbone(config)
     return EmbeddingModel(
         backbone,
         embedding_dim=config["embedding_dim"],
@@ -379,10 +421,12 @@ def embed(model: nn.Module, source, config: dict, device, cached_block: int | No
             out.append(model.forward_from_block(x, cached_block).float().cpu())
     else:
         # Small channels-last batches run several times faster on CPU than one large one.
-        loader = DataLoader(source, batch_size=min(bs, 32), shuffle=False, num_workers=max(1, config["num_workers"]))
+        pin = bool(config.get("pin_memory")) and torch.device(device).type == "cuda"
+        loader = DataLoader(source, batch_size=min(bs, 32), shuffle=False, num_workers=max(1, config["num_workers"]), pin_memory=pin)
         for images, _ in tqdm(loader, desc="embed", leave=False, disable=not progress):
-            images = images.to(device).contiguous(memory_format=torch.channels_last)
-            out.append(model(images).float().cpu())
+            images = images.to(device, non_blocking=pin).contiguous(memory_format=torch.channels_last)
+            with autocast(config, device):
+                out.append(model(images).float().cpu())
     return torch.cat(out)
 
 
@@ -439,15 +483,20 @@ class _Feeder:
         # Images: a fresh loader per segment whose worker seeds depend on (seed, start, rank) only.
         batches = list(pk_batches(sampler, start, count))
         torch.manual_seed(int(step_generator(self.config["seed"], start, 2 + 10 * self.rank).initial_seed()) % 2**63)
+        pin = bool(self.config.get("pin_memory")) and torch.device(self.device).type == "cuda"
         loader = DataLoader(
             self.train,
             batch_sampler=batches,
             num_workers=self.config["num_workers"],
             generator=step_generator(self.config["seed"], start, 3 + 10 * self.rank),
             persistent_workers=False,
+            pin_memory=pin,  # page-locked batches: asynchronous host-to-GPU copies
         )
         for images, labels in loader:
-            yield images.to(self.device), torch.as_tensor(labels).to(self.device)
+            images = images.to(self.device, non_blocking=pin)
+            if self.config.get("channels_last"):
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield images, torch.as_tensor(labels).to(self.device)
 
 
 class _FromCachedBlock(nn.Module):
@@ -500,9 +549,13 @@ def train(
     """
     owns_process_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     context = distributed.setup_from_env(device)  # a single process unless launched by torchrun
+    benchmark = torch.backends.cudnn.benchmark
+    if config.get("cudnn_benchmark"):  # cuDNN times its algorithms once per input shape, then uses the fastest
+        torch.backends.cudnn.benchmark = True
     try:
         return _train(config, Path(run_dir), context, resume, root, record_path, stop_after, progress)
     finally:
+        torch.backends.cudnn.benchmark = benchmark
         if owns_process_group:
             distributed.cleanup()
 
@@ -523,6 +576,8 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
         train_set, test_set, cache = hold_out_validation(config, train_set, test_set, cache, model, root, progress)
     if cache is not None:  # channels-last: the depthwise and 1x1 convolutions run about 1.5x faster on CPU
         model = model.to(memory_format=torch.channels_last)
+    elif config.get("channels_last"):  # images path: NHWC convolutions (tensor cores on GPUs)
+        model = model.to(memory_format=torch.channels_last)
     labels_array = np.asarray(train_set.labels)
     base_loss = build_loss(config, int(labels_array.max()) + 1, model.embedding_dim)
     # The loss sees the global batch (all processes' rows) and, optionally, a memory of past batches.
@@ -535,6 +590,8 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
     ]
     optimizer = torch.optim.Adam([g for g in groups if g["params"]], weight_decay=config["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
+    # fp16 gradients underflow without loss scaling; disabled (a pass-through) unless amp="fp16"
+    scaler = torch.amp.GradScaler(device.type, enabled=config.get("amp", "off") == "fp16")
     sampler = PKSampler(
         labels_array, p=config["p"], k=config["k"], seed=config["seed"], num_replicas=context.world_size, rank=context.rank
     )
@@ -562,11 +619,15 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
         "wall_time_seconds": 0.0,
         "evaluations": [],
     }
+    if getattr(model.backbone, "weights_source", None):
+        record["backbone_weights"] = model.backbone.weights_source
     step = 0
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state["record"]["config"] != config:
-            changed = sorted(k for k in set(config) | set(state["record"]["config"]) if config.get(k) != state["record"]["config"].get(k))
+        # settings added since the checkpoint was made count as their (neutral) defaults
+        saved = {**PROFILES.get(config["profile"], {}), **state["record"]["config"]}
+        if saved != config:
+            changed = sorted(k for k in set(config) | set(saved) if config.get(k) != saved.get(k))
             raise ValueError(
                 f"the checkpoint in {run_dir} was made with other settings ({', '.join(changed)} differ); "
                 "resume with the same settings, or delete that folder (or choose another --run-dir) to start afresh"
@@ -575,7 +636,10 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         record, step = state["record"], state["step"]
+        record["config"] = config
         record["resumed_at"] = record.get("resumed_at", []) + [step]
 
     test_source = cache["test"] if cache is not None else test_set
@@ -595,6 +659,7 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
             "loss": loss_fn.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
             "record": record,
             "step": step,
         }
@@ -614,10 +679,14 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
         for x, y in feeder.batches(sampler, step, segment):
             if memory_loss is not base_loss:  # XBM's warm-up: no memory before xbm_start
                 memory_loss.enabled = step >= config["xbm_start"]
-            loss = loss_fn(train_module(x), y)
+            with autocast(config, device):
+                embeddings = train_module(x)
+            # The loss outside autocast, on float32 embeddings: its exponentials never run in half precision.
+            loss = loss_fn(embeddings.float(), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             losses.append(float(loss.detach()))
             step += 1
@@ -644,9 +713,10 @@ def baseline(config: dict, root=None, record_path=None, device=None, progress: b
         from .data import ClassSubset
 
         test_set = ClassSubset(_dataset(config, "train", False, root), validation_split(config, train_set.labels)[1])
-    from .models import EmbeddingModel, get_backbone
+    from .models import EmbeddingModel
 
-    backbone = get_backbone(config["backbone"], pretrained=config["pretrained"])
+    backbone = build_backbone(config)
+    weights_source = getattr(backbone, "weights_source", None)
     if hasattr(backbone, "fold_batchnorm"):  # frozen: BatchNorm folded into the convolutions (same function, faster)
         backbone = backbone.fold_batchnorm()
     model = EmbeddingModel(backbone, embedding_dim=None, pooling=config["pooling"], freeze_bn=True).to(device)
@@ -673,6 +743,8 @@ def baseline(config: dict, root=None, record_path=None, device=None, progress: b
         "evaluations": [{"iteration": 0, "train_loss": None, "metrics": metrics}],
         "final": {"iteration": 0, **metrics},
     }
+    if weights_source:
+        record["backbone_weights"] = weights_source
     if record_path is not None:
         write_json(Path(record_path), record)
     return record

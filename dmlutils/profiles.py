@@ -29,6 +29,25 @@ the global pooling accept either size, and a smaller map is a cheaper step);
 `xbm_size=n` adds a cross-batch memory of the last n embeddings (`dmlutils.xbm`), used
 from iteration `xbm_start` on (the XBM paper's warm-up; the memory fills from there).
 
+Class subset (tests, quick looks): `max_classes=n` (0: all) keeps the first n classes of
+each split, training on n classes and evaluating on n.
+
+Backbone weights: `weights_path` (empty: the backbone's published ImageNet weights, from
+torch's hub cache, downloaded and checksummed the first time) loads a local copy instead
+(BN-Inception). Setting `backbone` without `transform` also sets `transform` to that
+backbone's input pipeline, so `--set backbone=resnet50` is all it takes to train ResNet-50
+with torchvision's ImageNet weights at the paper profile (its records say so in `backbone`).
+
+GPU efficiency on the images path (the defaults keep full float32, as every record so far):
+`amp` = "off" | "bf16" | "fp16" runs the forward pass under torch.autocast (fp16 with a
+GradScaler); the loss always runs in float32 on float32 embeddings. `channels_last` feeds
+images and the model in channels-last memory format; `cudnn_benchmark` lets cuDNN pick the
+fastest convolution algorithms (restored after the run); `pin_memory` pins the loader's
+batches for faster host-to-GPU copies (CUDA only); `num_workers` decodes images in that many
+processes. Each is a setting, so the run record (which stores the config) shows it. On one
+GPU the paper profile might run, e.g., with `--set amp=bf16 --set channels_last=true --set
+cudnn_benchmark=true --set pin_memory=true` (fp16 on GPUs without bfloat16, such as the T4).
+
 `PROFILE_VERSIONS` numbers each profile's settings; a record names the version it ran
 under, and tables never mix versions (`dmlutils.records`).
 
@@ -77,6 +96,12 @@ PROFILES: dict[str, dict] = {
         eval_batch_size=256,
         eval_ks=(1, 2, 4, 8),
         seed=0,
+        max_classes=0,
+        weights_path="",
+        amp="off",
+        channels_last=False,
+        cudnn_benchmark=False,
+        pin_memory=False,
     ),
     "cpu": dict(
         data="cub200",
@@ -111,6 +136,12 @@ PROFILES: dict[str, dict] = {
         eval_batch_size=128,
         eval_ks=(1, 2, 4, 8, 16, 32),
         seed=0,
+        max_classes=0,
+        weights_path="",
+        amp="off",
+        channels_last=False,
+        cudnn_benchmark=False,
+        pin_memory=False,
     ),
     "paper": dict(
         data="cub200",
@@ -145,12 +176,21 @@ PROFILES: dict[str, dict] = {
         eval_batch_size=128,
         eval_ks=(1, 2, 4, 8, 16, 32),
         seed=0,
+        max_classes=0,
+        weights_path="",
+        amp="off",
+        channels_last=False,
+        cudnn_benchmark=False,
+        pin_memory=False,
     ),
 }
 
 # Bumped whenever a profile's settings change; records carry it as `profile_version`.
 PROFILE_VERSIONS = {"smoke": 1, "cpu": 1, "paper": 1}
 LR_SCHEDULES = ("step", "cosine")
+AMP_MODES = ("off", "bf16", "fp16")
+# The input pipeline (dmlutils.data.transforms) of each pretrained backbone.
+BACKBONE_TRANSFORMS = {"bn_inception": "bninception", "resnet50": "resnet50", "efficientnet_lite0": "efficientnet_lite0"}
 
 LOSS_PREFIX = "loss."
 
@@ -217,6 +257,13 @@ def make_config(profile: str, loss: str = "multi_similarity", overrides: dict | 
         raise ValueError("warmup_iterations and feature_crop must be >= 0")
     if config["feature_crop"] and not config["cache_views"]:
         raise ValueError("feature_crop crops cached activation maps: it needs cache_views > 0")
+    if config["amp"] not in AMP_MODES:
+        raise ValueError(f"unknown amp {config['amp']!r}; valid: {', '.join(AMP_MODES)}")
+    if config["max_classes"] < 0 or config["max_classes"] == 1:
+        raise ValueError("max_classes must be 0 (all classes) or at least 2")
+    if "backbone" in (overrides or {}) and "transform" not in (overrides or {}) and config["transform"] is not None:
+        # the backbone's own input convention (BGR 0-255 for BN-Inception, ImageNet mean/std for ResNet-50)
+        config["transform"] = BACKBONE_TRANSFORMS.get(config["backbone"], config["transform"])
     config.update(profile=profile, loss=loss, loss_hparams=loss_hparams)
     return config
 
