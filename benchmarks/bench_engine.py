@@ -123,6 +123,86 @@ def time_training_steps(base_model, loss_name: str, cache: dict, steps: int, war
     }
 
 
+def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
+    """This CPU's fp32 matrix-multiply throughput at the current thread count (GFLOP/s):
+    the ceiling a convolution network's step can approach."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def step_flops(config: dict, base_model, shape) -> float:
+    """Floating-point operations of one training step: 3 x the forward pass of the trainable
+    blocks and head on a P x K batch (backward = input and weight gradients, about 2 x the
+    forward), the forward counted by torch's FlopCounterMode. Its backward count is not
+    used: for depthwise (grouped) convolutions it counts as if they were dense (measured
+    here: 65x too many for a 64-channel 3x3 depthwise convolution)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = copy.deepcopy(base_model).eval()
+    x = torch.randn(config["p"] * config["k"], *shape)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.forward_from_block(x, config["cache_from_block"])
+    return 3.0 * float(counter.get_total_flops())
+
+
+def time_step_variants(base_model, config: dict, shape, steps: int, warmup: int, compile_steps: int,
+                       variants=("channels_last", "contiguous", "torch.compile")) -> dict:
+    """The MS training step as the engine runs it (channels-last) against what PyTorch
+    offers around it: the earlier contiguous layout, and torch.compile of the trainable tail
+    (its compile time counted separately; it pays only if it is won back within a run)."""
+    x = torch.randn(config["p"] * config["k"], *shape)
+    y = torch.arange(config["p"]).repeat_interleave(config["k"])
+    results = {}
+    for variant in variants:
+        model = copy.deepcopy(base_model)
+        if variant != "contiguous":
+            model = model.to(memory_format=torch.channels_last)
+        backbone_params, head_params = _trainable_parameters(model, config)
+        optimizer = torch.optim.Adam(backbone_params + head_params, lr=config["lr"])
+        loss_fn = build_loss(config, 100, model.embedding_dim)
+        module = _FromCachedBlock(model, config["cache_from_block"]).train()
+        inputs = x.contiguous(memory_format=torch.channels_last) if variant != "contiguous" else x.contiguous()
+        if variant == "torch.compile":
+            start = time.perf_counter()
+            module = torch.compile(module)
+            loss_fn(module(inputs), y).backward()  # compiles forward and backward
+            compile_seconds = time.perf_counter() - start
+        count = compile_steps if variant == "torch.compile" else steps
+        times = []
+        for i in range(warmup + count):
+            start = time.perf_counter()
+            loss = loss_fn(module(inputs), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            times.append(time.perf_counter() - start)
+        results[variant] = {"steps": count, "seconds_per_step_median": statistics.median(times[warmup:])}
+        if variant == "torch.compile":
+            results[variant]["compile_seconds"] = compile_seconds
+    return results
+
+
+def time_evaluation_modes(model, config, shape, images: int) -> dict:
+    """Embedding cached activations under no_grad (the engine's `embed`) and inference_mode."""
+    activations = torch.randn(images, *shape).to(torch.float16)
+    out = {}
+    for mode, context in (("no_grad", torch.no_grad), ("inference_mode", torch.inference_mode)):
+        model.eval()
+        start = time.perf_counter()
+        with context():
+            for i in range(0, images, config["eval_batch_size"]):
+                batch = activations[i : i + config["eval_batch_size"]].float().contiguous(memory_format=torch.channels_last)
+                model.forward_from_block(batch, config["cache_from_block"])
+        out[mode] = {"images": images, "ms_per_image": 1000 * (time.perf_counter() - start) / images}
+    return out
+
+
 def time_evaluation(model, config, shape, num_test: int, num_classes: int) -> dict:
     """Embedding `num_test` cached test activations + the test metrics, as at each evaluation."""
     g = torch.Generator().manual_seed(1)
@@ -228,6 +308,46 @@ def from_run_records(records_dir: Path) -> dict | None:
     }
 
 
+def recipe_comparison(steps: int, compile_steps: int, warmup: int, eval_images: int) -> dict:
+    """The MS step before the recipe study (cpu profile version 1, `dmlutils.recipe.BASE`)
+    and at the current cpu profile: its variants, FLOPs, and the share of this CPU's matmul
+    throughput it reaches, at 1 thread (and the engine's variant at 2)."""
+    from dmlutils.recipe import BASE
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    peak = {"1": matmul_gflops()}
+    torch.set_num_threads(2)
+    peak["2"] = matmul_gflops()
+    torch.set_num_threads(1)
+    out = {"matmul_gflops": peak, "recipes": {}}
+    for label, overrides in (("before: cpu profile version 1", BASE), ("now: cpu profile", {})):
+        config = make_config("cpu", "multi_similarity", overrides)
+        torch.manual_seed(0)
+        model = build_model(config)
+        shape = activation_shape(model, config)
+        if config.get("feature_crop"):
+            shape = (shape[0], config["feature_crop"], config["feature_crop"])
+        variants = time_step_variants(model, config, shape, steps, warmup, compile_steps)
+        torch.set_num_threads(2)
+        two = time_step_variants(model, config, shape, steps, warmup, 0, ("channels_last",))["channels_last"]
+        torch.set_num_threads(1)
+        flops = step_flops(config, model, shape)
+        best = variants["channels_last"]["seconds_per_step_median"]
+        out["recipes"][label] = {
+            "settings": {k: config[k] for k in ("image_size", "pooling", "cache_from_block", "feature_crop", "iterations", "lr_schedule")},
+            "trained_map_shape": list(shape),
+            "step_variants_1_thread": variants,
+            "channels_last_2_threads": two,
+            "step_gflop": flops / 1e9,
+            "achieved_gflops_1_thread": flops / 1e9 / best,
+            "share_of_matmul_peak_1_thread": flops / 1e9 / best / peak["1"],
+            "evaluation_modes": time_evaluation_modes(model, config, shape, eval_images),
+        }
+    torch.set_num_threads(threads)
+    return out
+
+
 def run(losses, steps: int, other_steps: int, warmup: int, small: bool, root=None, records_dir=REPO / "results" / "cpu") -> dict:
     config = make_config("cpu", "multi_similarity")
     torch.manual_seed(config["seed"])
@@ -247,8 +367,11 @@ def run(losses, steps: int, other_steps: int, warmup: int, small: bool, root=Non
     evaluation = time_evaluation(model, config, shape, num_test, 100)
     print("  cache build", file=sys.stderr)
     cache_build = time_cache_build(model, config, root, cache_train, cache_test)
+    print("  step variants, FLOPs and matmul throughput at each recipe", file=sys.stderr)
+    recipes = recipe_comparison(steps=2 if small else 6, compile_steps=1 if small else 3, warmup=0 if small else 1, eval_images=16 if small else 256)
     report = {
         "benchmark": "engine: the cpu profile's training step, evaluation and activation cache",
+        "recipes": recipes,
         "small": small,
         "profile": "cpu",
         "cache_from_block": config["cache_from_block"],
@@ -309,6 +432,30 @@ def markdown(report: dict) -> str:
     if projected:
         lines += ["", "Projected cpu-profile run from these rates: "
                   + "; ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in projected.items()) + "."]
+    recipes = report.get("recipes")
+    if recipes:
+        peak = recipes["matmul_gflops"]
+        lines += [
+            "",
+            f"The MS step before and after the recipe study (batch 80; 1 thread unless stated). This CPU multiplies fp32 "
+            f"matrices at {peak['1']:.0f} GFLOP/s on 1 thread and {peak['2']:.0f} on 2 (1024 x 1024, best of 5).",
+            "",
+            "| recipe | trained map | GFLOP / step | s / step, channels-last (the engine) | contiguous | torch.compile (compile s) "
+            "| 2 threads | GFLOP/s reached | share of matmul peak | eval ms / image, no_grad / inference_mode |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for label, row in recipes["recipes"].items():
+            v = row["step_variants_1_thread"]
+            c = v["torch.compile"]
+            ev = row["evaluation_modes"]
+            lines.append(
+                f"| {label} (block {row['settings']['cache_from_block']}, {row['settings']['image_size']} px) | "
+                f"{'x'.join(map(str, row['trained_map_shape']))} | {row['step_gflop']:.1f} | "
+                f"{v['channels_last']['seconds_per_step_median']:.2f} | {v['contiguous']['seconds_per_step_median']:.2f} | "
+                f"{c['seconds_per_step_median']:.2f} ({c['compile_seconds']:.0f}) | {row['channels_last_2_threads']['seconds_per_step_median']:.2f} | "
+                f"{row['achieved_gflops_1_thread']:.1f} | {100 * row['share_of_matmul_peak_1_thread']:.0f}% | "
+                f"{ev['no_grad']['ms_per_image']:.1f} / {ev['inference_mode']['ms_per_image']:.1f} |"
+            )
     records = report.get("from_run_records")
     if records:
         cache_min = records["cache_seconds_median"]

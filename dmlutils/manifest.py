@@ -133,7 +133,11 @@ def valid_record(path: Path, config: dict) -> dict | None:
     record = json.loads(path.read_text())
     if "final" not in record or record.get("profile_version", 1) != PROFILE_VERSIONS[config["profile"]]:
         return None
-    recorded, wanted = _as_json(record["config"]), _as_json(config)
+    from .profiles import PROFILES
+
+    # A setting added after a record was made (with a neutral default, so the profile's
+    # version did not change) ran at that default.
+    recorded, wanted = {**_as_json(PROFILES[config["profile"]]), **_as_json(record["config"])}, _as_json(config)
     for ignored in NOT_RESULT_SETTINGS:
         recorded.pop(ignored, None)
         wanted.pop(ignored, None)
@@ -141,7 +145,7 @@ def valid_record(path: Path, config: dict) -> dict | None:
 
 
 # Settings that change how a run is executed, not what it computes.
-NOT_RESULT_SETTINGS = ("num_workers", "eval_batch_size")
+NOT_RESULT_SETTINGS = ("num_workers", "eval_batch_size", "pin_memory")
 
 
 def seeds_wanted(entry: Run, profile: str, results) -> tuple[int, ...]:

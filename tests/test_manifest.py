@@ -58,6 +58,9 @@ def test_a_record_is_valid_only_for_its_settings_and_profile_version(tmp_path):
     assert manifest.valid_record(path, manifest.config_of(entry, "smoke", 0)) is None  # an older profile
     fake_record(tmp_path, "smoke", "ms_beta_10", 0, 0.5)
     record = json.loads(path.read_text())
+    del record["config"]["xbm_start"]  # made before the setting existed: it ran at its default
+    write_json(path, record)
+    assert manifest.valid_record(path, manifest.config_of(entry, "smoke", 0)) is not None
     del record["final"]  # interrupted
     write_json(path, record)
     assert manifest.valid_record(path, manifest.config_of(entry, "smoke", 0)) is None
