@@ -1,0 +1,101 @@
+"""Numbers for the book's tables and sentences, computed from run records over seeds.
+
+    runs = manifest.load("cpu")                       # {name: {seed: record}}
+    summarise(runs["multi_similarity"])               # SeedSummary(mean, std, n, values)
+    paired(runs["multi_similarity"], runs["npair"])   # the per-seed difference and its test
+    verdict(paired(...))                              # one sentence saying if it exceeds the noise
+
+A difference between two runs "exceeds the seed noise" when a two-sided paired t-test
+over the seeds both have (same seed: same sampler order, same head initialisation, same
+augmented views) rejects "no difference" at the 5% level; with fewer than two common
+seeds nothing can be said, and the sentence says so.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+CRITERION = "recall@1"
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    mean: float
+    std: float | None  # None with a single seed
+    n: int
+    values: tuple[float, ...]
+
+    def text(self, scale: float = 100.0, digits: int = 1) -> str:
+        """'59.3 ± 0.4 (n=3)' in points (scale 100), or '59.3 (n=1)'."""
+        if self.n == 0:
+            return "not run"
+        spread = f" ± {self.std * scale:.{digits}f}" if self.std is not None else ""
+        return f"{self.mean * scale:.{digits}f}{spread} (n={self.n})"
+
+
+def final_value(record: dict, metric: str = CRITERION) -> float:
+    return float(record["final"][metric])
+
+
+def summarise(by_seed: dict[int, dict] | None, metric: str = CRITERION) -> SeedSummary:
+    values = tuple(final_value(r, metric) for _, r in sorted((by_seed or {}).items()))
+    if not values:
+        return SeedSummary(math.nan, None, 0, ())
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return SeedSummary(statistics.fmean(values), std, len(values), values)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    mean: float  # a - b, averaged over the common seeds
+    std: float | None  # of the per-seed differences
+    n: int
+    t: float | None
+    p: float | None
+    seeds: tuple[int, ...]
+
+    @property
+    def exceeds_noise(self) -> bool | None:
+        return None if self.p is None else self.p < 0.05
+
+
+def paired(a: dict[int, dict], b: dict[int, dict], metric: str = CRITERION) -> PairedDifference:
+    """a - b per common seed, with a two-sided paired t-test."""
+    seeds = tuple(sorted(set(a or {}) & set(b or {})))
+    diffs = [final_value(a[s], metric) - final_value(b[s], metric) for s in seeds]
+    if not diffs:
+        return PairedDifference(math.nan, None, 0, None, None, ())
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return PairedDifference(mean, None, 1, None, None, seeds)
+    std = statistics.stdev(diffs)
+    if std == 0:
+        t, p = (math.inf if mean else 0.0), (0.0 if mean else 1.0)
+    else:
+        from scipy import stats
+
+        t = mean / (std / math.sqrt(len(diffs)))
+        p = float(2 * stats.t.sf(abs(t), df=len(diffs) - 1))
+    return PairedDifference(mean, std, len(diffs), t, p, seeds)
+
+
+def verdict(diff: PairedDifference, a: str, b: str, metric_name: str = "R@1", scale: float = 100.0) -> str:
+    """One sentence on a paired difference: its size, spread and whether it exceeds the noise."""
+    if diff.n == 0:
+        return f"{a} and {b} share no seed: no comparison."
+    size = f"{a} − {b} = {diff.mean * scale:+.1f} {metric_name} points"
+    if diff.n == 1:
+        return f"{size} on one seed: too few seeds to tell it from the noise."
+    reading = "exceeds the seed noise" if diff.exceeds_noise else "is within the seed noise"
+    return (
+        f"{size} (per-seed differences: std {diff.std * scale:.1f}, n={diff.n}; paired t = {diff.t:.1f}, "
+        f"p = {diff.p:.3f}): the difference {reading}."
+    )
+
+
+def effect_over_noise(value: SeedSummary, reference: SeedSummary) -> float | None:
+    """(value - reference) / the reference's seed std: how many seed spreads apart."""
+    if value.n == 0 or reference.std in (None, 0):
+        return None
+    return (value.mean - reference.mean) / reference.std
