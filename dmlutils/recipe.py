@@ -199,3 +199,39 @@ def run_recipe_study(results="results", runs="runs", processes: int = 1, root=No
     ]
     run_jobs(seed_jobs, processes, progress, echo)
     return recipe
+
+
+def describe(overrides: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "as kept"
+
+
+def load_study(results="results") -> dict:
+    """What the recipe study has produced so far: {"stages": [{stage, question, rows,
+    chosen}], "baselines": {(size, pooling): record}, "seeds": {seed: record},
+    "recipe": the final recipe or None}. Each row: candidate, what it changes, its record
+    (None if not run yet)."""
+    folder = recipe_dir(results)
+
+    def read(path):
+        path = Path(path)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    stages, recipe = [], dict(BASE)
+    for stage, question, candidates in STAGES:
+        selection = read(folder / stage / "selection.json")
+        rows = []
+        for name, candidate in candidates.items():
+            change = _resolve(candidate, recipe)
+            path = Path(results) / selection["records"][name] if selection else folder / stage / f"{name}.json"
+            rows.append({"candidate": name, "change": describe(change), "record": read(path)})
+        stages.append({"stage": stage, "question": question, "rows": rows, "chosen": selection["chosen"] if selection else None})
+        if selection is None:
+            break  # later stages depend on this one's choice
+        recipe = selection["recipe"]
+    baselines = {}
+    for path in sorted((folder / "baseline").glob("*.json")):
+        record = read(path)
+        baselines[(record["config"]["image_size"], record["config"]["pooling"])] = record
+    seeds = {seed: read(folder / "seeds" / f"seed_{seed}.json") for seed in SEEDS}
+    complete = len(stages) == len(STAGES) and stages[-1]["chosen"] is not None
+    return {"stages": stages, "baselines": baselines, "seeds": {s: r for s, r in seeds.items() if r}, "recipe": recipe if complete else None}

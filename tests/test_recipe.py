@@ -1,0 +1,75 @@
+"""The recipe study: stages choose on held-out classes, keep earlier choices, reuse records."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dmlutils import recipe
+from dmlutils.engine import lr_factor
+from dmlutils.profiles import PROFILES, make_config
+
+
+@pytest.fixture
+def tiny_study(monkeypatch):
+    monkeypatch.setattr(recipe, "PROFILE", "smoke")
+    monkeypatch.setattr(recipe, "VALIDATION_CLASSES", 2)
+    monkeypatch.setattr(recipe, "BASE", dict(iterations=4, eval_every=2))
+    monkeypatch.setattr(recipe, "POOLINGS", ("avg", "max"))
+    monkeypatch.setattr(recipe, "SEEDS", (1,))
+    monkeypatch.setattr(recipe, "STAGES", [
+        ("rate", "learning rate", {"kept": {}, "fast": {"lr": 3e-3, "head_lr": 3e-3}}),
+        ("length", "iterations", {"kept": {}, "6": recipe._scaled_length(6)}),
+    ])
+
+
+def test_stages_choose_on_validation_keep_choices_and_reuse_records(tiny_study, tmp_path):
+    results = tmp_path / "results"
+    chosen = recipe.run_recipe_study(results, tmp_path / "runs", processes=1, profile="smoke", echo=lambda *_: None)
+    first = json.loads((results / "smoke/recipe/rate/selection.json").read_text())
+    second = json.loads((results / "smoke/recipe/length/selection.json").read_text())
+    assert first["criterion"] == "final validation map@r"
+    assert first["chosen"] == max(first["scores"], key=first["scores"].get)
+    # the kept candidate of stage 2 is stage 1's winner: its record, not a second run
+    assert second["records"]["kept"] == first["records"][first["chosen"]]
+    assert not (results / "smoke/recipe/length/kept.json").exists()
+    assert json.loads(json.dumps(chosen)) == second["recipe"]
+    for name, path in {**first["records"], **second["records"]}.items():
+        record = json.loads((results / path).read_text())
+        assert record["evaluated_on"]["split"] == "validation"  # never the test split
+        assert record["config"]["validation_classes"] == 2
+    assert json.loads((results / "smoke/recipe/seeds/seed_1.json").read_text())["seed"] == 1
+    assert {p.stem for p in (results / "smoke/recipe/baseline").glob("*.json")} == {"32_avg", "32_max"}
+    loaded = recipe.load_study(results)
+    assert [s["chosen"] for s in loaded["stages"]] == [first["chosen"], second["chosen"]]
+    assert loaded["recipe"] == second["recipe"] and set(loaded["seeds"]) == {1}
+    assert all(row["record"] is not None for stage in loaded["stages"] for row in stage["rows"])
+
+
+def test_an_unfinished_study_shows_its_first_open_stage(tiny_study, tmp_path):
+    loaded = recipe.load_study(tmp_path)
+    assert loaded["recipe"] is None and len(loaded["stages"]) == 1
+    assert all(row["record"] is None for row in loaded["stages"][0]["rows"])
+
+
+def test_the_study_starts_from_the_first_cpu_profile():
+    config = make_config("cpu", "multi_similarity", recipe.BASE)
+    assert (config["image_size"], config["pooling"], config["cache_from_block"], config["iterations"]) == (144, "avg", 11, 400)
+    assert config["lr_schedule"] == "step" and config["lr_milestones"] == ()
+
+
+def test_scaled_length_keeps_the_schedule_in_proportion():
+    config = {"iterations": 400, "lr_milestones": (250,), "warmup_iterations": 40}
+    assert recipe._scaled_length(600)(config) == {"iterations": 600, "lr_milestones": (375,), "warmup_iterations": 60}
+
+
+def test_learning_rate_schedules():
+    step = make_config("smoke", "multi_similarity", {"iterations": 100, "lr_milestones": (50, 80), "lr_gamma": 0.1})
+    assert [lr_factor(step, s) for s in (0, 49, 50, 79, 80)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    cosine = make_config("smoke", "multi_similarity", {"iterations": 100, "lr_schedule": "cosine", "warmup_iterations": 10})
+    assert lr_factor(cosine, 0) == pytest.approx(0.1 * 0.5 * (1 + __import__("math").cos(0)))
+    assert lr_factor(cosine, 50) == pytest.approx(0.5)
+    assert lr_factor(cosine, 100) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="unknown lr_schedule 'linear'"):
+        make_config("smoke", "multi_similarity", {"lr_schedule": "linear"})
+    assert PROFILES["paper"]["lr_schedule"] == "step"  # the paper's x0.1 steps
