@@ -1,6 +1,12 @@
-"""Training and evaluation: one loop for every profile, checkpoints, run records.
+"""The training loop, its evaluation, and the baseline: one loop for every profile.
 
     record = train(make_config("cpu", "multi_similarity"), run_dir="runs/cpu/multi_similarity")
+
+Owns building a run (data sets, backbone, model, loss, learning-rate schedule, held-out
+validation classes), the loop with its checkpoints and resume, evaluation (`embed`,
+`test_metrics`) and the untrained `baseline`. The activation cache lives in
+`dmlutils.cache`, the records' atomic writer and provenance in `dmlutils.provenance`;
+their names are re-exported here for the code that imports them from the engine.
 
 A run trains for `iterations` P x K batches and evaluates on the test classes at
 iteration 0 and every `eval_every` iterations (the paper's protocol: Recall@K on the
@@ -12,8 +18,8 @@ Two ways to feed the model, one loop:
 * images (smoke, paper): a DataLoader over the images with `PKSampler` batches;
 * cached activations (cpu): the frozen first blocks of the backbone are run once over
   `cache_views` augmented views of every training image (and one test view), the
-  result is cached on disk (`DML_CACHE`, default `./runs/cache`), and training
-  fine-tunes the remaining blocks + head, picking one cached view per image per step.
+  result is cached on disk (`dmlutils.cache`), and training fine-tunes the remaining
+  blocks + head, picking one cached view per image per step.
 
 The run record (JSON, written atomically) holds the profile, loss, hyper-parameters,
 seed, git commit, device, wall time, every evaluation and the final metrics.
@@ -28,15 +34,8 @@ from __future__ import annotations
 import bisect
 import contextlib
 import datetime as _dt
-import fcntl
-import hashlib
 import itertools
-import json
 import math
-import os
-import platform
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,90 +45,37 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm  # plain text bars: tqdm.auto warns in notebooks without ipywidgets
 
-from . import __version__
 from . import distributed
+from .cache import (  # noqa: F401  (re-exported: the engine's names before the split)
+    _build_activation_cache,
+    _cache_key,
+    _frozen_prefix,
+    _prefix_activations,
+    _validation_activations,
+    activation_cache,
+    activation_cache_path,
+    cache_dir,
+    file_lock,
+)
 from .losses import get_loss, hparams_of
 from .metrics import evaluate
 from .profiles import PROFILE_VERSIONS, PROFILES
+from .provenance import (  # noqa: F401  (re-exported: the engine's names before the split)
+    REPO_ROOT,
+    _jsonable,
+    atomic_write_bytes,
+    code_version,
+    environment,
+    git_commit,
+    write_json,
+)
 from .samplers import PKSampler
 from .xbm import with_cross_batch_memory
 
 RECORD_VERSION = 1
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- small utilities ---------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call write(file) on a temporary file next to `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a record is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: Path, data: dict) -> None:
-    atomic_write_bytes(path, lambda f: f.write((json.dumps(data, indent=2, default=_jsonable) + "\n").encode()))
-
-
-def _jsonable(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, (tuple, set)):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-_CODE_VERSION: dict | None = None
-
-
-def code_version() -> dict:
-    """The commit of the code this process imported: read once, at import (see below), so a
-    record made by a long run names the code it ran, not what the tree holds when it ends."""
-    global _CODE_VERSION
-    if _CODE_VERSION is None:
-        _CODE_VERSION = git_commit()
-    return _CODE_VERSION
-
-
-def git_commit() -> dict:
-    """The commit this code runs from (and whether the tree had uncommitted changes)."""
-    def run(*args):
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-
-    try:
-        head = run("rev-parse", "HEAD")
-        if head.returncode != 0:
-            return {"commit": "unknown", "dirty": None}
-        status = run("status", "--porcelain", "--untracked-files=no")
-        return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": "unknown", "dirty": None}
-
-
-def environment() -> dict:
-    return {
-        "dmlutils": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_threads": torch.get_num_threads(),
-    }
 
 
 def default_device() -> torch.device:
@@ -248,100 +194,6 @@ def lr_factor(config: dict, step: int) -> float:
     return factor * config["lr_gamma"] ** bisect.bisect_right(sorted(config["lr_milestones"]), step)
 
 
-# --- the activation cache of the cpu profile -------------------------------------------------
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive advisory lock on `<path>.lock`, held for the `with` block."""
-    lock_path = Path(f"{path}.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DML_CACHE", REPO_ROOT / "runs" / "cache"))
-
-
-def _cache_key(config: dict, train, test) -> str:
-    identity = {
-        k: config[k]
-        for k in ("data", "backbone", "pretrained", "image_size", "resize_size", "transform", "cache_views", "cache_from_block", "seed")
-    }
-    identity["train"] = [len(train), str(getattr(train, "root", ""))]
-    identity["test"] = [len(test), str(getattr(test, "root", ""))]
-    identity["version"] = 1
-    return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-@torch.no_grad()
-def _prefix_activations(prefix, dataset, block: int, batch_size: int, num_workers: int, seed: int, desc: str, progress: bool = True):
-    # At least one worker: decoding + augmenting in a 1-thread worker overlaps the forward
-    # pass, and keeps augmentation out of the main process's OpenMP threads (which
-    # busy-wait and slow it 10x on a loaded 2-core machine; see benchmarks/bench_data.py).
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=max(1, num_workers),
-        generator=torch.Generator().manual_seed(seed),  # fixes the workers' augmentation seeds
-    )
-    chunks = []
-    for images, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        images = images.contiguous(memory_format=torch.channels_last)
-        chunks.append(prefix(images).to(torch.float16).contiguous())
-    return torch.cat(chunks)
-
-
-def _frozen_prefix(model: nn.Module, config: dict):
-    """The frozen blocks before `cache_from_block`, as a function of an image batch."""
-    backbone, block = model.backbone, config["cache_from_block"]
-    if not callable(getattr(backbone, "forward_until_block", None)):
-        raise ValueError(f"backbone {config['backbone']!r} cannot be split at a block; set cache_views=0")
-    # BatchNorm folded into the frozen convolutions: same function, faster (DESIGN.md).
-    frozen = backbone.fold_batchnorm() if hasattr(backbone, "fold_batchnorm") else backbone
-    frozen = frozen.eval().to(memory_format=torch.channels_last)
-
-    def prefix(x):
-        return frozen.forward_until_block(x, block)
-
-    return prefix
-
-
-def activation_cache(config: dict, model: nn.Module, train_aug, test, progress: bool = True) -> dict:
-    """Activations entering block `cache_from_block` for `cache_views` augmented views of
-    every training image and the plain view of every test image (float16), cached on disk."""
-    path = cache_dir() / f"activations-{_cache_key(config, train_aug, test)}.pt"
-    with file_lock(path):  # several runs started together build it once; the others wait, then read it
-        if path.exists():
-            return torch.load(path, map_location="cpu", weights_only=True)
-        return _build_activation_cache(config, model, train_aug, test, path, progress)
-
-
-def _build_activation_cache(config, model, train_aug, test, path: Path, progress: bool) -> dict:
-    block, views = config["cache_from_block"], config["cache_views"]
-    prefix = _frozen_prefix(model, config)
-    started = time.perf_counter()
-    train_views = [
-        _prefix_activations(prefix, train_aug, block, 32, config["num_workers"], config["seed"] * 1000 + v, f"cache: train view {v + 1}/{views}", progress)
-        for v in range(views)
-    ]
-    cache = {
-        "train": torch.stack(train_views, dim=1),  # (N, V, C, H, W)
-        "test": _prefix_activations(prefix, test, block, 32, config["num_workers"], config["seed"], "cache: test", progress),
-        "train_labels": torch.as_tensor(np.asarray(train_aug.labels)),
-        "test_labels": torch.as_tensor(np.asarray(test.labels)),
-        "seconds": time.perf_counter() - started,
-    }
-    atomic_write_bytes(path, lambda f: torch.save(cache, f))
-    return cache
-
-
 # --- validation classes held out of the training split ------------------------------------
 
 
@@ -361,23 +213,6 @@ def validation_split(config: dict, train_labels) -> tuple[np.ndarray, np.ndarray
     return np.flatnonzero(~is_held_out), np.flatnonzero(is_held_out), [int(c) for c in held_out]
 
 
-def _validation_activations(config, model, plain, indices, cache_path: Path, progress) -> torch.Tensor:
-    """Plain-view activations of the held-out training images, cached beside the main cache."""
-    path = cache_path.with_name(f"{cache_path.stem}-validation-{config['validation_classes']}.pt")
-    with file_lock(path):
-        if path.exists():
-            return torch.load(path, map_location="cpu", weights_only=True)
-        prefix = _frozen_prefix(model, config)
-        from .data import ClassSubset
-
-        activations = _prefix_activations(
-            prefix, ClassSubset(plain, indices), config["cache_from_block"], 32, config["num_workers"], config["seed"], "cache: validation",
-            progress,
-        )
-        atomic_write_bytes(path, lambda f: torch.save(activations, f))
-        return activations
-
-
 def hold_out_validation(config, train_set, test_set, cache, model, root=None, progress=True):
     """(train set, evaluation set, cache) of a run with `validation_classes` held out."""
     from .data import ClassSubset
@@ -386,7 +221,7 @@ def hold_out_validation(config, train_set, test_set, cache, model, root=None, pr
     plain = _dataset(config, "train", False, root)  # held-out classes are evaluated on the test-time view
     fit, held_out = ClassSubset(train_set, fit_idx), ClassSubset(plain, val_idx)
     if cache is not None:
-        main_path = cache_dir() / f"activations-{_cache_key(config, train_set, test_set)}.pt"
+        main_path = activation_cache_path(config, train_set, test_set)
         cache = {
             "train": cache["train"][torch.as_tensor(fit_idx)],
             "train_labels": cache["train_labels"][torch.as_tensor(fit_idx)],
@@ -749,5 +584,3 @@ def baseline(config: dict, root=None, record_path=None, device=None, progress: b
         write_json(Path(record_path), record)
     return record
 
-
-code_version()  # at import: the code in memory is the code of this commit

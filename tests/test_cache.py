@@ -1,4 +1,4 @@
-"""The activation cache of the cpu path: built once when several runs start together."""
+"""dmlutils.cache: the activation cache of the cpu path is built once when several runs start together."""
 from __future__ import annotations
 
 import multiprocessing
@@ -7,6 +7,7 @@ import time
 import torch
 from data_fixtures import make_cub
 
+from dmlutils import cache as activation_cache_module
 from dmlutils import engine
 from dmlutils.profiles import make_config
 
@@ -21,7 +22,7 @@ def _build_in_a_process(root, cache, barrier, builds_file):
 
     os.environ["DML_CACHE"] = cache
     torch.set_num_threads(1)
-    real_build = engine._build_activation_cache
+    real_build = activation_cache_module._build_activation_cache
 
     def counted_build(*args, **kwargs):
         with open(builds_file, "a") as f:
@@ -29,12 +30,12 @@ def _build_in_a_process(root, cache, barrier, builds_file):
         time.sleep(1.0)  # hold the lock long enough for the other process to reach it
         return real_build(*args, **kwargs)
 
-    engine._build_activation_cache = counted_build
+    activation_cache_module._build_activation_cache = counted_build
     config = tiny_cpu_config()
     train, test = engine.build_datasets(config, root)
     model = engine.build_model(config)
     barrier.wait()  # both processes ask for the cache at the same moment
-    cache = engine.activation_cache(config, model, train, test, progress=False)
+    cache = activation_cache_module.activation_cache(config, model, train, test, progress=False)
     torch.save(cache["train"], f"{builds_file}.{os.getpid()}.pt")
 
 
