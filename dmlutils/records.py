@@ -9,6 +9,10 @@ profile (records made on a GPU, none shipped) it prints a warning block to stder
 
 Records hold no path of the machine that made them (the data is named by a fingerprint,
 `dmlutils.data.data_fingerprint`); `strip_machine_paths` removes those older records held.
+
+Reading sits below training: this module imports nothing of the engine, the models or
+the losses (a test checks it). Training the runs a chapter finds missing is orchestration:
+`dmlutils.orchestration.ensure_records` / `ensure_studies`.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import re
 import sys
 from pathlib import Path
 
-from .engine import REPO_ROOT
+from .provenance import REPO_ROOT
 
 DEFAULT_RESULTS = REPO_ROOT / "results"
 # Profiles whose records are committed under results/: finding none of them is an error.
@@ -75,27 +79,15 @@ def load_records(profile: str, results_dir=None) -> dict[str, dict]:
     return records
 
 
-def ensure_records(profile: str, runs: dict[str, tuple[str, dict]], results_dir=None, train_missing=False, root=None) -> dict[str, dict]:
-    """The finished records of `runs` ({name: (loss, overrides)}); with `train_missing`,
-    first train the ones that have none (the book does this at the smoke profile only,
-    where a run takes seconds). When the profile has no record at all,
-    `check_records_found` raises (cpu) or warns (paper)."""
-    from .engine import train
-    from .profiles import make_config
-
+def find_records(profile: str, names, results_dir=None) -> dict[str, dict]:
+    """{name: record} of the finished records among `names`, in their order (the others are
+    "not run"). When the profile has no record at all, `check_records_found` raises (cpu)
+    or warns (paper)."""
     folder = Path(results_dir or DEFAULT_RESULTS)
     existing = load_records(profile, folder)
-    if train_missing:
-        for name, (loss, overrides) in runs.items():
-            if name in existing:
-                continue
-            config = make_config(profile, loss, {k: str(v) for k, v in overrides.items()})
-            record_path = folder / profile / f"{name}.json"
-            train(config, Path("runs") / profile / name, record_path=record_path, root=root, progress=False)
-        existing = load_records(profile, folder)
     if not existing:
         check_records_found(profile, folder)
-    return {name: existing[name] for name in runs if name in existing}
+    return {name: existing[name] for name in names if name in existing}
 
 
 def learning_curve(record: dict, metric: str = "recall@1") -> tuple[list[int], list[float]]:
@@ -141,17 +133,9 @@ def load_study(profile: str, loss: str, results_dir=None) -> dict:
     }
 
 
-def ensure_studies(profile: str, losses, results_dir=None, train_missing=False, root=None) -> dict[str, dict]:
-    """{loss: load_study(...)}; with `train_missing`, first run the studies that are
-    incomplete (the book does this at the smoke profile only)."""
-    from .studies import run_study
-
-    results = Path(results_dir or DEFAULT_RESULTS)
-    if train_missing:
-        for loss in losses:
-            if load_study(profile, loss, results)["tuned"] is None:
-                run_study(loss, profile, results, Path("runs"), root=root, progress=False)
-    return {loss: load_study(profile, loss, results) for loss in losses}
+def load_studies(profile: str, losses, results_dir=None) -> dict[str, dict]:
+    """{loss: load_study(...)} of several losses' setting studies."""
+    return {loss: load_study(profile, loss, results_dir) for loss in losses}
 
 
 def load_validation_runs(profile: str, results_dir=None) -> dict[str, dict]:
@@ -220,7 +204,7 @@ def strip_machine_paths(record):
 def strip_machine_paths_in(folder=None) -> list[Path]:
     """Rewrite every JSON file under `folder` (default results/) that holds a machine path,
     with `strip_machine_paths` (atomically, in the records' own format); the files changed."""
-    from .engine import write_json
+    from .provenance import write_json
 
     changed = []
     for path in sorted(Path(folder or DEFAULT_RESULTS).rglob("*.json")):

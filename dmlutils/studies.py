@@ -92,7 +92,7 @@ def select(records: dict[str, dict]) -> tuple[str, dict[str, float]]:
 def _same_run(record_path: Path, config: dict) -> bool:
     """Whether a finished record was trained with exactly `config` (records made before a
     setting existed lack it: they ran with its default)."""
-    from .engine import _jsonable
+    from .provenance import _jsonable
     from .profiles import PROFILES
 
     if not record_path.exists():
@@ -137,7 +137,7 @@ def validation_reference(profile: str = "cpu", results="results", runs="runs", r
 def run_study(loss: str, profile: str = "cpu", results="results", runs="runs", root=None, device=None, progress=True, extra_overrides=None) -> dict:
     """Train every setting on validation classes, choose, train the choice for the test split."""
     from . import engine
-    from .engine import write_json
+    from .provenance import write_json
     from .profiles import make_config
 
     settings = study(loss)

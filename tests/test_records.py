@@ -1,15 +1,17 @@
 """Run records as the book reads them, and the ablation matrix's settings."""
 import json
+import subprocess
+import sys
 
 import pytest
 
 from dmlutils.ablations import ABLATIONS, ablation, all_ablations
-from dmlutils.engine import REPO_ROOT, write_json
+from dmlutils.provenance import REPO_ROOT, write_json
 from dmlutils.profiles import make_config
 from dmlutils.records import (
     DEFAULT_RESULTS,
     RecordsNotFound,
-    ensure_records,
+    find_records,
     learning_curve,
     load_records,
     machine_paths,
@@ -52,16 +54,25 @@ def test_unfinished_records_are_not_results(tmp_path):
     assert "commit abc" in provenance(records["triplet"])
 
 
-def test_ensure_records_trains_only_what_is_missing(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # checkpoints go to ./runs
-    runs = {"a": ("contrastive", {"iterations": 2, "eval_every": 1})}
-    first = ensure_records("smoke", runs, tmp_path / "results", train_missing=True)
-    assert list(first) == ["a"] and first["a"]["loss"] == "contrastive" and first["a"]["config"]["iterations"] == 2
-    stamp = (tmp_path / "results" / "smoke" / "a.json").stat().st_mtime_ns
-    again = ensure_records("smoke", runs, tmp_path / "results", train_missing=True)
-    assert again["a"]["final"] == first["a"]["final"]
-    assert (tmp_path / "results" / "smoke" / "a.json").stat().st_mtime_ns == stamp  # not retrained
-    assert ensure_records("smoke", {"b": ("triplet", {})}, tmp_path / "results", train_missing=False) == {}
+def test_reading_records_imports_nothing_of_training(tmp_path):
+    """Reading sits below the engine: importing dmlutils.records and calling its readers
+    (including the studies' and the validation runs') loads neither the engine nor torch."""
+    script = f"""
+import json, sys
+from pathlib import Path
+results = Path({str(tmp_path)!r})
+(results / "cpu").mkdir()
+(results / "cpu" / "triplet.json").write_text(json.dumps({{"profile": "cpu", "final": {{"recall@1": 0.5}}, "evaluations": []}}))
+from dmlutils import records
+assert list(records.find_records("cpu", ["triplet", "npair"], results)) == ["triplet"]
+records.load_study("cpu", "contrastive", results)
+records.load_studies("cpu", ["npair"], results)
+records.load_validation_runs("cpu", results)
+print(sorted(m for m in sys.modules if m == "torch" or m.startswith(("dmlutils.engine", "dmlutils.losses", "dmlutils.models", "dmlutils.orchestration"))))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"reading records imported: {done.stdout.strip()}"
 
 
 # --- no records at all: loud at the cpu and paper profiles ---------------------------------
@@ -71,35 +82,35 @@ FINISHED = {"profile": "cpu", "loss": "triplet", "evaluations": [], "final": {"i
 
 def test_no_record_at_all_at_the_cpu_profile_raises_naming_the_folder_and_the_command(tmp_path):
     with pytest.raises(RecordsNotFound) as error:
-        ensure_records("cpu", {"triplet": ("triplet", {})}, tmp_path / "elsewhere")
+        find_records("cpu", ["triplet"], tmp_path / "elsewhere")
     message = str(error.value)
     assert f"{tmp_path / 'elsewhere' / 'cpu'}/ does not exist" in message
     assert "make results-cpu" in message and "python -m dmlutils train --profile cpu" in message
     assert f"-p results_dir {DEFAULT_RESULTS}" in message  # where the repository's records are
     (tmp_path / "elsewhere" / "cpu").mkdir(parents=True)
     with pytest.raises(RecordsNotFound, match="holds no finished record"):
-        ensure_records("cpu", {"triplet": ("triplet", {})}, tmp_path / "elsewhere")
+        find_records("cpu", ["triplet"], tmp_path / "elsewhere")
 
 
 def test_some_records_present_keep_the_others_as_not_run(tmp_path, capsys):
     (tmp_path / "cpu").mkdir()
     (tmp_path / "cpu" / "triplet.json").write_text(json.dumps(FINISHED))
-    found = ensure_records("cpu", {"triplet": ("triplet", {}), "npair": ("npair", {})}, tmp_path)
+    found = find_records("cpu", ["triplet", "npair"], tmp_path)
     assert list(found) == ["triplet"]
     # a chapter's other tables (e.g. an ablation group) may have none of theirs: still fine
-    assert ensure_records("cpu", {"ms_no_mining": ("multi_similarity", {})}, tmp_path) == {}
+    assert find_records("cpu", ["ms_no_mining"], tmp_path) == {}
     assert capsys.readouterr().err == ""
 
 
 def test_no_record_at_the_paper_profile_prints_a_warning_block_and_goes_on(tmp_path, capsys):
-    assert ensure_records("paper", {"triplet": ("triplet", {})}, tmp_path) == {}
+    assert find_records("paper", ["triplet"], tmp_path) == {}
     err = capsys.readouterr().err
     assert err.startswith("!" * 20) and "WARNING: No run records at the 'paper' profile" in err
     assert str(tmp_path / "paper") in err and "python -m dmlutils train --profile paper" in err
 
 
 def test_the_smoke_profile_stays_quiet_without_records(tmp_path, capsys):
-    assert ensure_records("smoke", {"triplet": ("triplet", {})}, tmp_path) == {}
+    assert find_records("smoke", ["triplet"], tmp_path) == {}
     assert capsys.readouterr().err == ""
 
 
