@@ -236,7 +236,7 @@ class _LabelledSubset(torch.utils.data.Subset):
 
 def time_cache_build(model, config, root, num_train: int, num_test: int) -> dict:
     """`activation_cache` on a subset of CUB into a temporary cache folder."""
-    from dmlutils.book import cub_found
+    from dmlutils.data import cub_found
 
     if not cub_found(root):
         return {"skipped": f"CUB-200-2011 not found under {root or os.environ.get('DML_DATA', './data')} (set DML_DATA)"}

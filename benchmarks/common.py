@@ -64,7 +64,7 @@ def provenance(command: list[str] | str, load_average_before, started: float | N
                threads: int | None = None) -> dict:
     """Everything needed to judge a number later: code, libraries, machine, load, time.
     `threads`: the thread count a benchmark's own process ran with (default: this process's)."""
-    from dmlutils.engine import code_version
+    from dmlutils.provenance import code_version
 
     now = _dt.datetime.now(_dt.timezone.utc)
     return {
@@ -102,13 +102,13 @@ def provenance_line(prov: dict) -> str:
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    from dmlutils.engine import atomic_write_bytes  # the run records' writer: temp file, fsync, rename
+    from dmlutils.provenance import atomic_write_bytes  # the run records' writer: temp file, fsync, rename
 
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
-    from dmlutils.engine import _jsonable  # numpy numbers, tuples and paths, as in run records
+    from dmlutils.provenance import _jsonable  # numpy numbers, tuples and paths, as in run records
 
     write_text_atomically(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
 

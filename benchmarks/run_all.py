@@ -160,7 +160,7 @@ def run_benchmark(bench: Benchmark, out_dir: Path, small: bool, threads: int, su
 
 
 def _run_and_wrap(bench, out_dir, small, threads, suite_command, data_root, json_path) -> dict:
-    from dmlutils.book import cub_found
+    from dmlutils.data import cub_found
 
     load_before = os.getloadavg()
     started = time.perf_counter()

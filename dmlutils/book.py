@@ -124,17 +124,17 @@ def select_chapters(chapters: list[Path], only: list[str] | None) -> list[Path]:
 
 
 def cub_found(data_root: str | os.PathLike | None = None) -> bool:
-    """True if the data root (argument, else $DML_DATA, else ./data) holds CUB-200-2011."""
-    from .data.base import resolve_data_root
+    """True if the data root (argument, else $DML_DATA, else ./data) holds CUB-200-2011
+    (`dmlutils.data.cub_found`, kept here for the callers of the book runner's name)."""
+    from .data import cub_found as found
 
-    root = resolve_data_root(data_root)
-    return (root / "CUB_200_2011" / "images.txt").is_file() or (root / "images.txt").is_file()
+    return found(data_root)
 
 
 def _cub_missing_message(data_root) -> str:
-    from .data.base import _root_and_origin
+    from .data import data_root_origin
 
-    root, origin = _root_and_origin(data_root)
+    root, origin = data_root_origin(data_root)
     return (
         f"CUB-200-2011 was not found: {root / 'CUB_200_2011' / 'images.txt'} does not exist "
         f"(the data root comes from {origin}).\n"
@@ -279,7 +279,7 @@ def work_in_repository() -> Path:
     here = Path.cwd()
     if is_book_root(here) or not is_book_root(REPO_ROOT):
         return here
-    from .data.base import DATA_ROOT_ENV
+    from .data import DATA_ROOT_ENV
 
     data_env = os.environ.get(DATA_ROOT_ENV)
     if data_env and not Path(data_env).expanduser().is_absolute():

@@ -34,6 +34,8 @@ from dmlutils.data import (
     InShop,
     StanfordOnlineProducts,
     SyntheticDataset,
+    cub_found,
+    data_root_origin,
     denormalize,
     download_file,
     extract_archive,
@@ -126,6 +128,49 @@ def test_labels_are_available_without_decoding_images(tmp_path):
     sampler = PKSampler(dataset.labels, p=3, k=2, seed=0)
     for batch in sampler:
         assert len(set(dataset.labels[batch])) == 3
+
+
+def test_data_root_origin_says_where_the_root_came_from(tmp_path, monkeypatch):
+    monkeypatch.setenv("DML_DATA", str(tmp_path / "from_env"))
+    assert data_root_origin(tmp_path / "given") == (tmp_path / "given", "the root argument")
+    assert data_root_origin() == (tmp_path / "from_env", "the DML_DATA environment variable")
+    monkeypatch.delenv("DML_DATA")
+    root, origin = data_root_origin()
+    assert root == Path("data") and origin.startswith("the default ./data")
+
+
+def test_cub_found_looks_for_images_txt_under_the_data_root_or_in_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("DML_DATA", raising=False)
+    assert not cub_found(tmp_path)
+    fixture = make_cub(tmp_path / "root")
+    assert cub_found(tmp_path / "root") and cub_found(fixture.folder)  # <root>/CUB_200_2011/ or the folder itself
+    monkeypatch.setenv("DML_DATA", str(tmp_path / "root"))
+    assert cub_found()
+    (fixture.folder / "images.txt").unlink()
+    assert not cub_found()
+
+
+@pytest.mark.parametrize("cls, into", [
+    (CUB200, "."), (StanfordOnlineProducts, "."), (Cars196, "cars196"), (InShop, None),
+])
+def test_every_data_set_downloads_through_the_one_shared_path(cls, into, tmp_path, monkeypatch):
+    """download=True on an empty root goes through dmlutils.data.base.locate_or_download:
+    the data set's own resources are fetched into its folder (In-Shop has none: nothing is
+    fetched), then the usual not-found error if the files still are not there."""
+    import dmlutils.data.base as base
+
+    fetched = []
+    monkeypatch.setattr(base, "fetch_resources", lambda resources, target: fetched.append((resources, Path(target))))
+    with pytest.raises(DatasetNotFoundError, match="not found"):
+        cls(root=tmp_path, download=True)
+    if into is None:
+        assert fetched == []
+    else:
+        assert fetched == [(cls.resources, tmp_path / into)]
+    fetched.clear()
+    with pytest.raises(DatasetNotFoundError):
+        cls(root=tmp_path, download=False)
+    assert fetched == []
 
 
 # ---------------------------------------------------------------- bad input

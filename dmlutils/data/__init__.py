@@ -6,7 +6,9 @@ profile. Every data set exposes ``labels`` (0-based, no image decoding needed --
 to :class:`dmlutils.samplers.PKSampler`) and ``classes``; the real ones also ``paths``.
 
 The data root is the ``root`` argument, else ``$DML_DATA``, else ``./data``
-(:func:`resolve_data_root`).
+(:func:`resolve_data_root`; :func:`data_root_origin` also says which of the three it
+was); :func:`cub_found` says whether CUB-200-2011 is there. Every data set finds (and with
+``download=True`` fetches) its files through :func:`locate_or_download`.
 
 Run records name their data by :func:`data_fingerprint` (also ``dataset.fingerprint()``):
 the data set's name, split, number of images and a SHA-256 over the image list and the
@@ -19,12 +21,22 @@ from .base import (
     CorruptImageError,
     DatasetNotFoundError,
     ImageListDataset,
+    data_root_origin,
     load_rgb,
+    locate_or_download,
     resolve_data_root,
 )
 from .cars import Cars196
-from .cub import CUB200
-from .download import ChecksumError, DownloadError, download_and_extract, download_file, extract_archive, md5sum
+from .cub import CUB200, cub_found
+from .download import (
+    ChecksumError,
+    DownloadError,
+    download_and_extract,
+    download_file,
+    extract_archive,
+    fetch_resources,
+    md5sum,
+)
 from .fingerprint import data_fingerprint, file_sha256
 from .inshop import InShop
 from .sop import StanfordOnlineProducts
@@ -64,15 +76,19 @@ __all__ = [
     "StanfordOnlineProducts",
     "SyntheticDataset",
     "TRANSFORM_SPECS",
+    "cub_found",
     "data_fingerprint",
+    "data_root_origin",
     "denormalize",
     "download_and_extract",
     "download_file",
     "extract_archive",
+    "fetch_resources",
     "file_sha256",
     "get_dataset",
     "get_transforms",
     "load_rgb",
+    "locate_or_download",
     "md5sum",
     "resolve_data_root",
     "transform_names",

@@ -1,9 +1,12 @@
-"""Shared machinery of the image data sets: data root, image loading, errors.
+"""Shared machinery of the image data sets: data root, locating or downloading a data
+set, image loading, errors.
 
 Every real data set here is an :class:`ImageListDataset`: a list of image paths, a
 0-based label per image, and the class names -- parsed from the official annotation
 files at construction, so ``dataset.labels`` is available without decoding any image
-(the P x K sampler needs only that).
+(the P x K sampler needs only that). Each one finds its files with
+:func:`locate_or_download` (the one locate/download path of every data set), and the data
+root with :func:`resolve_data_root` / :func:`data_root_origin`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .download import fetch_resources
+
 __all__ = [
     "DATA_ROOT_ENV",
     "DEFAULT_DATA_ROOT",
@@ -25,7 +30,9 @@ __all__ = [
     "ClassSubset",
     "ImageListDataset",
     "check_choice",
+    "data_root_origin",
     "load_rgb",
+    "locate_or_download",
     "resolve_data_root",
 ]
 
@@ -36,10 +43,12 @@ ON_CORRUPT_CHOICES = ("raise", "skip")
 
 def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
     """The folder that holds the data sets: ``root``, else ``$DML_DATA``, else ``./data``."""
-    return Path(_root_and_origin(root)[0])
+    return Path(data_root_origin(root)[0])
 
 
-def _root_and_origin(root: str | os.PathLike | None) -> tuple[Path, str]:
+def data_root_origin(root: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """(data root, where it came from): ``root``, else ``$DML_DATA``, else ``./data``, with
+    the words an error message uses to say which (e.g. "the DML_DATA environment variable")."""
     if root is not None:
         return Path(root).expanduser(), "the root argument"
     from_env = os.environ.get(DATA_ROOT_ENV)
@@ -115,7 +124,7 @@ def not_found_message(
     how_to_get: str,
 ) -> str:
     """The message of DatasetNotFoundError: what was looked for, where, and how to get it."""
-    resolved, origin = _root_and_origin(root)
+    resolved, origin = data_root_origin(root)
     looked = []
     for folder in candidates:
         missing = [r for r in required if not (folder / r).exists()]
@@ -273,6 +282,30 @@ def locate_dataset(
     if folder is None:
         raise DatasetNotFoundError(not_found_message(name, root, candidates, required, layout, how_to_get))
     return folder
+
+
+def locate_or_download(
+    name: str,
+    root: str | os.PathLike | None,
+    subfolders: Sequence[str],
+    required: Sequence[str],
+    layout: str,
+    how_to_get: str,
+    download: bool = False,
+    resources: Sequence[tuple] = (),
+    download_into: str = ".",
+) -> Path:
+    """The folder holding a data set: the first of ``subfolders`` of the data root (``root``,
+    else ``$DML_DATA``, else ``./data``; ``"."`` is the data root itself) that holds every
+    ``required`` entry. With ``download``, when none does, the official ``resources`` --
+    ``(urls, md5, file name[, extract])``, see :func:`fetch_resources` -- are fetched into
+    ``<data root>/<download_into>`` first. Else :class:`DatasetNotFoundError` saying what was
+    looked for, where, the expected ``layout`` and ``how_to_get`` the data."""
+    data_root = resolve_data_root(root)
+    candidates = [data_root / sub for sub in subfolders]
+    if download and resources and find_dataset_dir(candidates, required) is None:
+        fetch_resources(resources, data_root / download_into)
+    return locate_dataset(name, root, candidates, required, layout, how_to_get)
 
 
 class ClassSubset(Dataset):

@@ -7,15 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .base import (
-    ON_CORRUPT_CHOICES,
-    ImageListDataset,
-    check_choice,
-    find_dataset_dir,
-    locate_dataset,
-    resolve_data_root,
-)
-from .download import download_and_extract, download_file
+from .base import ON_CORRUPT_CHOICES, ImageListDataset, check_choice, locate_or_download
 
 __all__ = ["Cars196"]
 
@@ -82,19 +74,10 @@ class Cars196(ImageListDataset):
     ) -> None:
         check_choice("split", split, self.splits)
         check_choice("on_corrupt", on_corrupt, ON_CORRUPT_CHOICES)
-        data_root = resolve_data_root(root)
-        candidates = [data_root / self.folder, data_root]
-        if download and find_dataset_dir(candidates, self.required) is None:
-            target = candidates[0]
-            for urls, md5, filename, extract in self.resources:
-                if extract:
-                    download_and_extract(urls, target, md5, filename=filename)
-                else:
-                    download_file(urls, target / filename, md5)
-        folder = locate_dataset(
+        folder = locate_or_download(
             self.name,
             root,
-            candidates,
+            (self.folder, "."),
             self.required,
             layout=(
                 f"  {self.folder}/cars_annos.mat   (struct 'annotations': relative_im_path, bbox_x1..bbox_y2, class, test; 'class_names')\n"
@@ -106,6 +89,9 @@ class Cars196(ImageListDataset):
                 f"cars_annos.mat (MD5 {self.resources[1][1]}) yourself, put both in "
                 f"<data root>/{self.folder}/ and run `tar -xzf car_ims.tgz` there."
             ),
+            download=download,
+            resources=self.resources,
+            download_into=self.folder,
         )
         self.root = folder
         self.split = split

@@ -1,4 +1,4 @@
-"""CUB-200-2011 (Wah et al. 2011) with the deep-metric-learning split."""
+"""CUB-200-2011 (Wah et al. 2011) with the deep-metric-learning split, and `cub_found`."""
 
 from __future__ import annotations
 
@@ -7,18 +7,16 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .base import (
-    ON_CORRUPT_CHOICES,
-    ImageListDataset,
-    check_choice,
-    find_dataset_dir,
-    locate_dataset,
-    read_table,
-    resolve_data_root,
-)
-from .download import download_and_extract
+from .base import ON_CORRUPT_CHOICES, ImageListDataset, check_choice, locate_or_download, read_table, resolve_data_root
 
-__all__ = ["CUB200"]
+__all__ = ["CUB200", "cub_found"]
+
+
+def cub_found(root: str | os.PathLike | None = None) -> bool:
+    """True if the data root (``root``, else ``$DML_DATA``, else ``./data``) holds
+    CUB-200-2011: ``CUB_200_2011/images.txt``, or ``images.txt`` in the root itself."""
+    data_root = resolve_data_root(root)
+    return (data_root / CUB200.folder / "images.txt").is_file() or (data_root / "images.txt").is_file()
 
 
 class CUB200(ImageListDataset):
@@ -69,17 +67,12 @@ class CUB200(ImageListDataset):
     ) -> None:
         check_choice("split", split, self.splits)
         check_choice("on_corrupt", on_corrupt, ON_CORRUPT_CHOICES)
-        data_root = resolve_data_root(root)
         required = self.required + (("bounding_boxes.txt",) if crop_to_bbox else ())
-        candidates = [data_root / self.folder, data_root]
-        if download and find_dataset_dir(candidates, required) is None:
-            for urls, md5, filename in self.resources:
-                download_and_extract(urls, data_root, md5, filename=filename)
         urls, md5, filename = self.resources[0]
-        folder = locate_dataset(
+        folder = locate_or_download(
             self.name,
             root,
-            candidates,
+            (self.folder, "."),
             required,
             layout=(
                 f"  {self.folder}/images.txt              <image_id> <class_dir>/<file>.jpg\n"
@@ -93,6 +86,8 @@ class CUB200(ImageListDataset):
                 f"into the data root and extracts it; or download it yourself and run "
                 f"`tar -xzf {filename} -C <data root>`."
             ),
+            download=download,
+            resources=self.resources,
         )
         self.root = folder
         self.split = split

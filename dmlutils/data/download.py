@@ -18,7 +18,7 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["ChecksumError", "DownloadError", "download_and_extract", "download_file", "extract_archive", "md5sum"]
+__all__ = ["ChecksumError", "DownloadError", "download_and_extract", "download_file", "extract_archive", "fetch_resources", "md5sum"]
 
 _CHUNK = 1 << 20
 
@@ -183,3 +183,15 @@ def download_and_extract(
     if remove_archive:
         archive.unlink()
     return extracted
+
+
+def fetch_resources(resources: Sequence[tuple], target: str | os.PathLike, progress: bool = True) -> None:
+    """Fetch a data set's official files into ``target``: each resource is ``(urls, md5, file
+    name)`` or ``(urls, md5, file name, extract)``; an archive (``extract`` true, the
+    default) is downloaded and extracted there, any other file only downloaded."""
+    target = Path(target)
+    for urls, md5, filename, *extract in resources:
+        if extract[0] if extract else True:
+            download_and_extract(urls, target, md5, filename=filename, progress=progress)
+        else:
+            download_file(urls, target / filename, md5, progress=progress)

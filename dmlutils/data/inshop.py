@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-from .base import ON_CORRUPT_CHOICES, ImageListDataset, check_choice, locate_dataset, read_table, resolve_data_root
+from .base import ON_CORRUPT_CHOICES, ImageListDataset, check_choice, locate_or_download, read_table
 
 __all__ = ["InShop"]
 
@@ -52,19 +51,17 @@ class InShop(ImageListDataset):
     ) -> None:
         check_choice("split", split, self.splits)
         check_choice("on_corrupt", on_corrupt, ON_CORRUPT_CHOICES)
-        data_root = resolve_data_root(root)
-        folders = [data_root / name for name in self.folders]
         # The partition file lies beside the images or, in the official tree, in Eval/.
-        candidates = [folder / sub for folder in folders for sub in ("", "Eval")]
+        subfolders = [os.path.normpath(os.path.join(folder, sub)) for folder in self.folders for sub in ("", "Eval")]
         how_to_get = (
             f"In-Shop cannot be downloaded automatically (download=True does not apply): get "
             f"'In-shop Clothes Retrieval Benchmark' -> Img/img.zip and Eval/{_PARTITION_FILE} from "
             f"{_PAGE}, then unzip img.zip into <data root>/InShop/ next to {_PARTITION_FILE}."
         )
-        partition_dir = locate_dataset(
+        partition_dir = locate_or_download(  # no resources: download=True cannot apply
             self.name,
             root,
-            [Path(os.path.normpath(c)) for c in candidates],
+            subfolders,
             (_PARTITION_FILE,),
             layout=(
                 f"  InShop/{_PARTITION_FILE}   <count>, header, then <image_name> <item_id> <train|query|gallery>\n"

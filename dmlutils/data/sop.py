@@ -7,16 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .base import (
-    ON_CORRUPT_CHOICES,
-    ImageListDataset,
-    check_choice,
-    find_dataset_dir,
-    locate_dataset,
-    read_table,
-    resolve_data_root,
-)
-from .download import download_and_extract
+from .base import ON_CORRUPT_CHOICES, ImageListDataset, check_choice, locate_or_download, read_table
 
 __all__ = ["StanfordOnlineProducts"]
 
@@ -65,17 +56,12 @@ class StanfordOnlineProducts(ImageListDataset):
     ) -> None:
         check_choice("split", split, self.splits)
         check_choice("on_corrupt", on_corrupt, ON_CORRUPT_CHOICES)
-        data_root = resolve_data_root(root)
-        candidates = [data_root / self.folder, data_root]
         split_file = self.split_files[split]
-        if download and find_dataset_dir(candidates, (split_file,)) is None:
-            for urls, md5, filename in self.resources:
-                download_and_extract(urls, data_root, md5, filename=filename)
         urls, md5, filename = self.resources[0]
-        folder = locate_dataset(
+        folder = locate_or_download(
             self.name,
             root,
-            candidates,
+            (self.folder, "."),
             (split_file,),
             layout=(
                 f"  {self.folder}/Ebay_train.txt   header, then <image_id> <class_id> <super_class_id> <path>\n"
@@ -86,6 +72,8 @@ class StanfordOnlineProducts(ImageListDataset):
                 f"StanfordOnlineProducts(root=..., download=True) downloads {urls[0]} (MD5 {md5}) "
                 f"into the data root and extracts it; or download {filename} yourself and unzip it there."
             ),
+            download=download,
+            resources=self.resources,
         )
         self.root = folder
         self.split = split
