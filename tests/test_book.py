@@ -172,6 +172,11 @@ def test_chapter_executes_with_injected_parameters(tmp_path):
     printed = "".join(o.get("text", "") for c in code_cells(nb) for o in c.outputs)
     assert printed.strip() == "smoke 3 False"
     assert not list(tmp_path.glob("out/.*")), "no temporary file may be left behind"
+    # papermill's injected cell stays in the notebook but is tagged off the rendered page
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "remove-cell" in injected[0].metadata["tags"]
+    assert 'profile = "smoke"' in injected[0].source
+    assert book.hide_injected_parameters(output) == 0  # already hidden: nothing to do
 
 
 def test_undeclared_parameters_are_not_injected(tmp_path):
@@ -248,6 +253,26 @@ def test_provenance_names_profile_commit_and_time():
     assert "profile **smoke**" in text and "seed 7" in text
     assert re.search(r"commit (`[0-9a-f]{12}`|unknown)", text)
     assert re.search(r"executed \d{4}-\d\d-\d\d \d\d:\d\d UTC", text)
+
+
+def test_a_chapters_opening_helpers_import_neither_the_runner_nor_torch():
+    """What every chapter calls first (work_in_repository, show_provenance) comes from the
+    notebook tooling, light enough for Colab: no papermill, no torch, no engine."""
+    import subprocess
+
+    script = (
+        "import sys\n"
+        "from dmlutils.book import show_provenance, work_in_repository\n"
+        "from dmlutils import notebook_tools\n"
+        "assert show_provenance is notebook_tools.show_provenance and work_in_repository is notebook_tools.work_in_repository\n"
+        "show_provenance('smoke', 0)\n"
+        "print(sorted(m for m in sys.modules if m in ('torch', 'papermill', 'dmlutils.engine')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("**Provenance.** This page was executed with profile **smoke**")
+    assert lines[-1] == "[]", f"a chapter's opening imported {lines[-1]}"
 
 
 # --- creating chapters and re-pointing the Colab cells ----------------------------------------------
