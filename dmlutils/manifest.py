@@ -148,15 +148,25 @@ def valid_record(path: Path, config: dict) -> dict | None:
 NOT_RESULT_SETTINGS = ("num_workers", "eval_batch_size", "pin_memory")
 
 
+# The smoke profile only exercises the code (CI builds the book with it): two seeds are
+# enough to compute a mean and a spread.
+SEEDS_AT_MOST = {"smoke": 2}
+
+
+def declared_seeds(entry: Run, profile: str) -> tuple[int, ...]:
+    return entry.seeds[: SEEDS_AT_MOST.get(profile, len(entry.seeds))]
+
+
 def seeds_wanted(entry: Run, profile: str, results) -> tuple[int, ...]:
     """The entry's seeds, plus `ESCALATION_SEEDS` when its one seed differs from the
     default run's mean by more than the default's seed standard deviation."""
-    if not entry.escalate:
-        return entry.seeds
+    if not entry.escalate or profile in SEEDS_AT_MOST:
+        return declared_seeds(entry, profile)
     first = valid_record(record_path(results, profile, entry.name, 0), config_of(entry, profile, 0))
     default = run(default_of(entry.group))
     reference = [
-        valid_record(record_path(results, profile, default.name, s), config_of(default, profile, s)) for s in default.seeds
+        valid_record(record_path(results, profile, default.name, s), config_of(default, profile, s))
+        for s in declared_seeds(default, profile)
     ]
     if first is None or any(r is None for r in reference):
         return entry.seeds  # decided once the first seed and the default's seeds exist
@@ -195,7 +205,7 @@ def load(profile: str, results="results") -> dict[str, dict[int, dict]]:
     for entry in RUNS:
         if profile not in entry.profiles:
             continue
-        for seed in sorted(set(entry.seeds) | set(ESCALATION_SEEDS if entry.escalate else ())):
+        for seed in sorted(set(declared_seeds(entry, profile)) | set(ESCALATION_SEEDS if entry.escalate else ())):
             record = valid_record(record_path(results, profile, entry.name, seed), config_of(entry, profile, seed))
             if record is not None:
                 found.setdefault(entry.name, {})[seed] = record

@@ -68,14 +68,15 @@ def test_a_record_is_valid_only_for_its_settings_and_profile_version(tmp_path):
 
 def test_seeds_escalate_only_beyond_the_default_seed_spread(tmp_path):
     entry = manifest.run("ms_beta_10")
-    assert manifest.seeds_wanted(entry, "smoke", tmp_path) == (0,)  # nothing to compare with yet
+    assert manifest.seeds_wanted(entry, "cpu", tmp_path) == (0,)  # nothing to compare with yet
     for seed, recall in zip((0, 1, 2), (0.50, 0.52, 0.54)):  # mean 0.52, std 0.02
-        fake_record(tmp_path, "smoke", "multi_similarity", seed, recall)
-    fake_record(tmp_path, "smoke", "ms_beta_10", 0, 0.535)  # 0.015 from the mean: within the noise
-    assert manifest.seeds_wanted(entry, "smoke", tmp_path) == (0,)
-    fake_record(tmp_path, "smoke", "ms_beta_10", 0, 0.45)  # 0.07 below: beyond it
-    assert manifest.seeds_wanted(entry, "smoke", tmp_path) == (0, 1, 2)
-    assert manifest.seeds_wanted(manifest.run("ms_no_mining"), "smoke", tmp_path) == (0, 1, 2)  # always three
+        fake_record(tmp_path, "cpu", "multi_similarity", seed, recall)
+    fake_record(tmp_path, "cpu", "ms_beta_10", 0, 0.535)  # 0.015 from the mean: within the noise
+    assert manifest.seeds_wanted(entry, "cpu", tmp_path) == (0,)
+    fake_record(tmp_path, "cpu", "ms_beta_10", 0, 0.45)  # 0.07 below: beyond it
+    assert manifest.seeds_wanted(entry, "cpu", tmp_path) == (0, 1, 2)
+    assert manifest.seeds_wanted(manifest.run("ms_no_mining"), "cpu", tmp_path) == (0, 1, 2)  # always three
+    assert manifest.seeds_wanted(manifest.run("ms_no_mining"), "smoke", tmp_path) == (0, 1)  # smoke: code paths only
 
 
 def test_the_runner_makes_missing_records_once(tmp_path):
