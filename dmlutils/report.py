@@ -99,3 +99,49 @@ def effect_over_noise(value: SeedSummary, reference: SeedSummary) -> float | Non
     if value.n == 0 or reference.std in (None, 0):
         return None
     return (value.mean - reference.mean) / reference.std
+
+
+def short_verdict(diff: PairedDifference, scale: float = 100.0) -> str:
+    """'+1.2 (std 0.4, n=3, p=0.03): beyond the noise' — a table cell."""
+    if diff.n == 0:
+        return "not run"
+    if diff.n == 1:
+        return f"{diff.mean * scale:+.1f} (one seed)"
+    reading = "beyond the noise" if diff.exceeds_noise else "within the noise"
+    return f"{diff.mean * scale:+.1f} (std {diff.std * scale:.1f}, n={diff.n}, p={diff.p:.2f}): {reading}"
+
+
+def group_rows(loaded: dict[str, dict[int, dict]], names, reference: str | None = "multi_similarity",
+               metrics=(("recall@1", "R@1"), ("map@r", "MAP@R")), labels: dict | None = None) -> list[dict]:
+    """One row per run name: each metric's mean ± std (n) over seeds, and the paired
+    difference from `reference` (per common seed) with its verdict."""
+    rows = []
+    for name in names:
+        by_seed = loaded.get(name, {})
+        row = {"run": (labels or {}).get(name, name)}
+        for metric, title in metrics:
+            row[title] = summarise(by_seed, metric).text()
+        if reference is not None:
+            row[f"− {reference}, {metrics[0][1]}"] = "" if name == reference else short_verdict(paired(by_seed, loaded.get(reference, {}), metrics[0][0]))
+        rows.append(row)
+    return rows
+
+
+def sweep(loaded: dict[str, dict[int, dict]], points: dict[float, str], metric: str = CRITERION) -> list[tuple[float, SeedSummary]]:
+    """[(setting value, summary)] of the runs named in `points` ({value: run name}) that have records."""
+    return [(value, summarise(loaded.get(name), metric)) for value, name in sorted(points.items()) if loaded.get(name)]
+
+
+def cpu_seconds(loaded: dict[str, dict[int, dict]]) -> dict:
+    """What the records cost on one thread each: the runs' wall time (training and
+    evaluations) and the activation caches they share, each counted once (a cache is
+    identified by the settings that build it)."""
+    runs, caches = 0.0, {}
+    for by_seed in loaded.values():
+        for record in by_seed.values():
+            runs += float(record.get("wall_time_seconds", 0.0))
+            if record.get("cache_seconds"):
+                c = record["config"]
+                key = tuple(c.get(k) for k in ("image_size", "resize_size", "cache_from_block", "cache_views", "seed", "pooling"))[:5]
+                caches[key] = float(record["cache_seconds"])
+    return {"runs": runs, "caches": sum(caches.values()), "cache_count": len(caches), "total": runs + sum(caches.values())}

@@ -44,3 +44,24 @@ def test_effect_over_noise_is_in_reference_standard_deviations():
     value, reference = report.summarise(records(0.56)), report.summarise(records(0.50, 0.52, 0.54))
     assert report.effect_over_noise(value, reference) == pytest.approx(2.0)
     assert report.effect_over_noise(value, report.summarise(records(0.5))) is None
+
+
+def test_group_rows_compare_each_run_with_the_reference_per_seed():
+    loaded = {"multi_similarity": records(0.50, 0.52, 0.54), "ms_no_mining": records(0.45, 0.48, 0.49), "ms_beta_10": records(0.51)}
+    rows = report.group_rows(loaded, ["multi_similarity", "ms_no_mining", "ms_beta_10", "ms_alpha_4"], metrics=(("recall@1", "R@1"),))
+    assert rows[0] == {"run": "multi_similarity", "R@1": "52.0 ± 2.0 (n=3)", "− multi_similarity, R@1": ""}
+    assert rows[1]["− multi_similarity, R@1"].startswith("-4.7 (std 0.6, n=3")
+    assert rows[1]["− multi_similarity, R@1"].endswith("beyond the noise")
+    assert rows[2]["− multi_similarity, R@1"] == "+1.0 (one seed)"
+    assert rows[3]["R@1"] == "not run"
+    points = report.sweep(loaded, {40.0: "multi_similarity", 10.0: "ms_beta_10", 80.0: "ms_beta_80"})
+    assert [v for v, _ in points] == [10.0, 40.0]
+
+
+def test_cpu_seconds_count_a_shared_cache_once():
+    def rec(seed, cache):
+        return {"wall_time_seconds": 100.0, "cache_seconds": cache,
+                "config": {"image_size": 224, "resize_size": 256, "cache_from_block": 8, "cache_views": 5, "seed": seed}}
+    loaded = {"a": {0: rec(0, 600.0), 1: rec(1, 500.0)}, "b": {0: rec(0, 600.0)}}
+    cost = report.cpu_seconds(loaded)
+    assert cost == {"runs": 300.0, "caches": 1100.0, "cache_count": 2, "total": 1400.0}
