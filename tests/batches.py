@@ -31,3 +31,18 @@ def value_and_grad(fn, embeddings, labels):
     value = fn(e, labels)
     (grad,) = torch.autograd.grad(value, e)
     return value.detach(), grad
+
+
+def class_order_preserving_permutation(labels, seed):
+    """Shuffle the batch but keep each class's samples in their relative order.
+
+    N-pair takes each class's first two samples as its (anchor, positive), so it is
+    invariant to this kind of permutation only; every other loss to any permutation.
+    """
+    g = torch.Generator().manual_seed(seed)
+    slots = torch.randperm(len(labels), generator=g)
+    permutation = torch.empty_like(slots)
+    for c in labels.unique():
+        members = (labels == c).nonzero().flatten()
+        permutation[slots[members].sort().values] = members
+    return permutation

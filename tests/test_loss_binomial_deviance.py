@@ -123,6 +123,23 @@ def test_pair_weight_depends_only_on_the_pairs_own_similarity():
     assert float(W[i, j]) == pytest.approx(expected, rel=1e-12)
 
 
+def test_exact_where_torchs_softplus_turns_linear():
+    # F.softplus(x) returns x itself above x = 20 (slope 1, not sigmoid(x)): at beta = 200 a
+    # negative at S = 0.625 (x = 25) was off by e^-25 and its autograd weight differed from
+    # the closed form (found by tests/test_loss_properties.py). Now both are exact.
+    S = torch.tensor([[1.0, 0.9, 0.625], [0.9, 1.0, 0.3], [0.625, 0.3, 1.0]], dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1])
+    loss = BinomialDevianceLoss(alpha=2.0, beta=200.0, lam=0.5)
+    expected = sum(
+        math.log1p(math.exp(scale * (s - 0.5))) / divisor
+        for s, scale, divisor in [(0.9, -2.0, 1), (0.9, -2.0, 1), (0.625, 200.0, 1), (0.3, 200.0, 1), (0.625, 200.0, 2), (0.3, 200.0, 2)]
+    ) / 3
+    assert float(loss.from_similarity(S, labels)) == pytest.approx(expected, rel=1e-14, abs=0)
+    W = loss.pair_weights(S, labels)
+    torch.testing.assert_close(W, autograd_pair_weights(loss, S, labels), rtol=1e-14, atol=0)
+    assert float(W[0, 2]) == pytest.approx(-200.0 / (1 + math.exp(-25.0)) / 3, rel=1e-14)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_stable_for_large_scales_and_similarities_near_one(dtype):
     g = torch.Generator().manual_seed(8)

@@ -145,6 +145,18 @@ def test_without_weighting_each_pair_gets_its_binomial_deviance_term():
     assert float(loss(embeddings, labels)) == pytest.approx(expected / len(labels), rel=1e-12)
 
 
+def test_without_weighting_exact_where_torchs_softplus_turns_linear():
+    # beta (S - lam) = 200 * 0.125 = 25 > 20, where F.softplus is linear: value and weight
+    # must still be log(1 + e^25) and sigmoid(25) (found by tests/test_loss_properties.py).
+    S = torch.tensor([[1.0, 0.6, 0.625], [0.6, 1.0, 0.625], [0.625, 0.625, 1.0]], dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1])
+    loss = MultiSimilarityLoss(beta=200.0, weighting=False, mine_positives=False, mine_negatives=False)
+    expected = 2 * (math.log1p(math.exp(-2.0 * 0.1)) / 2.0 + math.log1p(math.exp(25.0)) / 200.0) / 3
+    assert float(loss.from_similarity(S, labels)) == pytest.approx(expected, rel=1e-14, abs=0)
+    W = loss.pair_weights(S, labels)
+    torch.testing.assert_close(W, autograd_pair_weights(loss, S, labels), rtol=1e-14, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_stable_at_beta_200_with_similarities_near_one(dtype):
     # All embeddings near one direction: every S is within ~1e-2 of 1, so beta (S - lam) ~ 200

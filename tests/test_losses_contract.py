@@ -2,7 +2,10 @@
 
 Registry and errors; GPW closed-form weights == autograd; properties every loss must
 have (finite, invariant to batch order, zero-but-differentiable when there is nothing
-to learn from). Each loss's own oracle test lives in tests/test_loss_<name>.py.
+to learn from); loud failures (NaN / inf rows, batches without a positive pair, missing
+arguments). Each loss's own oracle test lives in tests/test_loss_<name>.py; the same
+properties on random batches and extreme hyper-parameters (hypothesis) in
+tests/test_loss_properties.py.
 """
 import inspect
 import re
@@ -10,7 +13,7 @@ import warnings
 
 import pytest
 import torch
-from batches import pk_batch, unbalanced_batch, value_and_grad
+from batches import class_order_preserving_permutation, pk_batch, unbalanced_batch, value_and_grad
 
 from dmlutils.gpw import autograd_pair_weights, embedding_gradient
 from dmlutils.losses import (
@@ -306,21 +309,6 @@ def test_finite_value_and_gradient(name, dtype):
         value, grad = value_and_grad(make(name, dtype=dtype), embeddings, labels)
         assert torch.isfinite(value) and value.ndim == 0
         assert torch.isfinite(grad).all()
-
-
-def class_order_preserving_permutation(labels, seed):
-    """Shuffle the batch but keep each class's samples in their relative order.
-
-    N-pair takes each class's first two samples as its (anchor, positive), so it is
-    invariant to this kind of permutation only; every other loss to any permutation.
-    """
-    g = torch.Generator().manual_seed(seed)
-    slots = torch.randperm(len(labels), generator=g)
-    permutation = torch.empty_like(slots)
-    for c in labels.unique():
-        members = (labels == c).nonzero().flatten()
-        permutation[slots[members].sort().values] = members
-    return permutation
 
 
 @pytest.mark.parametrize("name", NINE)

@@ -8,7 +8,7 @@ with m the batch size,
                   + 1/|N_i| sum_{j in N_i} log(1 + exp( beta (S_ij - lam))) ],
 
 where an anchor's side with no pairs (|P_i| = 0 or |N_i| = 0) contributes 0. Each
-log(1 + exp(x)) is `softplus(x)`, finite for any scale and any S in [-1, 1].
+log(1 + exp(x)) is `base.softplus(x)`, exact and finite for any scale and any S in [-1, 1].
 
 Yi et al.'s form and the mapping. They write J = sum W . log(1 + exp(-alpha (S - beta_Yi) . M))
 with M_ij = 1 on positive pairs and M_ij = -C on negative pairs (C is an extra cost on
@@ -32,10 +32,9 @@ from __future__ import annotations
 
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .base import NEGATIVES_ONLY, SimilarityLoss, check_finite, check_similarity, label_masks
+from .base import NEGATIVES_ONLY, SimilarityLoss, check_finite, check_similarity, label_masks, softplus
 from .registry import register
 
 
@@ -71,8 +70,8 @@ class BinomialDevianceLoss(SimilarityLoss):
         check_similarity(S, labels)
         positive, negative, pos_logits, neg_logits, pos_div, neg_div = self._per_pair(S, labels)
         zero = torch.zeros_like(S)
-        positive_terms = torch.where(positive, F.softplus(pos_logits), zero) / pos_div
-        negative_terms = torch.where(negative, F.softplus(neg_logits), zero) / neg_div
+        positive_terms = torch.where(positive, softplus(pos_logits), zero) / pos_div
+        negative_terms = torch.where(negative, softplus(neg_logits), zero) / neg_div
         return positive_terms.sum() + negative_terms.sum()
 
     def pair_weights(self, S: Tensor, labels: Tensor) -> Tensor:

@@ -15,7 +15,6 @@ here for all anchors at once with masked logsumexp (finite at beta = 200, S near
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .base import (
@@ -25,6 +24,7 @@ from .base import (
     label_masks,
     log1p_sum_exp,
     softmax_with_one,
+    softplus,
 )
 from .registry import register
 
@@ -112,7 +112,7 @@ class MultiSimilarityLoss(SimilarityLoss):
         if self.weighting:
             terms = log1p_sum_exp(logits, kept)  # (2, anchors): log(1 + sum_kept e^logit)
         else:
-            terms = torch.where(kept, F.softplus(logits), torch.zeros_like(logits)).sum(dim=-1)
+            terms = torch.where(kept, softplus(logits), torch.zeros_like(logits)).sum(dim=-1)
         return (terms[0].sum() / self.alpha + terms[1].sum() / self.beta) / S.shape[0]
 
     def value_and_pair_weights(self, S: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -130,7 +130,7 @@ class MultiSimilarityLoss(SimilarityLoss):
             terms = (shift + total.log()).squeeze(-1)
             weights = exp[..., 1:] / total
         else:
-            terms = torch.where(kept, F.softplus(logits), torch.zeros_like(logits)).sum(dim=-1)
+            terms = torch.where(kept, softplus(logits), torch.zeros_like(logits)).sum(dim=-1)
             weights = torch.sigmoid(logits) * kept
         batch = S.shape[0]
         return (terms[0].sum() / self.alpha + terms[1].sum() / self.beta) / batch, (weights[0] - weights[1]) / batch
