@@ -337,6 +337,10 @@ class MetricLoss(nn.Module):
     (triplet-center: each sample's positive is its class centre), which never warns.
     `strict` is an option of the base, not a hyper-parameter: it changes no value, so
     `hparams_of` leaves it out of run records (`registry.BASE_OPTIONS`).
+
+    The positive-pair check belongs to `forward`, the training call. `from_similarity` and
+    `pair_weights` (analysis, and `dmlutils.xbm`'s memory, whose positives may be past
+    batches) check their S for shape and NaN / inf only.
     """
 
     without_positive_pairs: str | None = "the loss is 0 and nothing is learned from it"
