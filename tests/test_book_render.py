@@ -12,12 +12,20 @@ JavaScript ran (`chromium --dump-dom`):
 * every table and figure the executed notebook produced is on the page (`<table>`,
   `<img>` whose file exists);
 * the provenance line is there, and no error or stderr output is;
+* papermill's injected-parameters cell is not on any page (the runner tags it
+  `remove-cell`; the executed notebooks still hold it);
+* wide tables stay inside the text column: a table wider than the column scrolls inside
+  its own box, and no page scrolls sideways (`_static/wide-tables.css`);
+* every code cell tagged `hide-input` renders collapsed: its source inside a closed
+  `<details>` that takes only its summary's height, its output still shown;
 
-and that the build log holds no Sphinx warning. Screenshots go to
-`_build/screenshots/<page>.png` (not committed).
+and that the build log holds no Sphinx warning. The layout is measured in the browser by
+a small script added to a temporary copy of each page (`LAYOUT_PROBE`). Screenshots go
+to `_build/screenshots/<page>.png` (not committed).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -47,6 +55,44 @@ CHROMIUM_FLAGS = [
 ]
 # Sources a book needs besides the notebooks (copied when the test builds its own).
 BOOK_FILES = ["_config.yml", "_toc.yml", "constraints.txt"]
+BOOK_FOLDERS = ["_static"]  # the book's own CSS
+# Measures the rendered layout after the page's own scripts ran, into a hidden
+# <pre id="layout-probe"> that --dump-dom returns: the text column, every table and the
+# box it scrolls in, every hide-input cell.
+LAYOUT_PROBE = """
+<script>
+window.addEventListener("load", function () { setTimeout(function () {
+  function rect(el) { var r = el.getBoundingClientRect(); return {left: r.left, right: r.right, width: r.width, height: r.height}; }
+  var column = document.querySelector("article.bd-article") || document.querySelector("main") || document.body;
+  function scroller(el) {
+    for (var box = el.parentElement; box && box !== column; box = box.parentElement) {
+      var x = getComputedStyle(box).overflowX;
+      if (x === "auto" || x === "scroll") return box;
+    }
+    return null;
+  }
+  var tables = Array.prototype.filter.call(column.querySelectorAll("table"), function (t) { return t.getBoundingClientRect().width > 0; })
+    .map(function (t) {
+      var box = scroller(t), r = rect(t);
+      r.box = box ? {left: rect(box).left, right: rect(box).right, clientWidth: box.clientWidth, scrollWidth: box.scrollWidth} : null;
+      return r;
+    });
+  var hidden = Array.prototype.map.call(document.querySelectorAll("div.cell.tag_hide-input"), function (cell) {
+    var input = cell.querySelector(".cell_input"), details = input && input.closest("details");
+    var summary = details && details.querySelector("summary"), output = cell.querySelector(".cell_output");
+    return {open: details ? details.open : null, detailsHeight: details ? rect(details).height : null,
+            summaryHeight: summary ? rect(summary).height : null,
+            inputVisible: input ? input.checkVisibility() : null, outputHeight: output ? rect(output).height : null};
+  });
+  var probe = document.createElement("pre");
+  probe.id = "layout-probe";
+  probe.style.display = "none";
+  probe.textContent = JSON.stringify({viewport: window.innerWidth, scrollWidth: document.documentElement.scrollWidth,
+    column: rect(column), tables: tables, hidden: hidden});
+  document.body.appendChild(probe);
+}, 2000); });
+</script>
+"""
 
 
 def toc_pages(root: Path) -> list[str]:
@@ -85,6 +131,9 @@ def book_root(tmp_path_factory) -> Path:
     for name in BOOK_FILES:
         if (REPO / name).is_file():
             shutil.copy2(REPO / name, root / name)
+    for name in BOOK_FOLDERS:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, root / name)
     shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("chapters"))
     shutil.copytree(REPO / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".*"))
     if (REPO / "results").is_dir():  # run records (small JSON files) the training chapters read
@@ -102,22 +151,46 @@ def chromium(*arguments: str, timeout: int = 120) -> subprocess.CompletedProcess
 
 
 @pytest.fixture(scope="module")
-def rendered(book_root):
-    """{page: (static soup, soup after JavaScript)}, plus a screenshot of every page."""
+def pages(book_root):
+    """{page: (static soup, soup after JavaScript, screenshot, layout)}: one browser run
+    per page, on a temporary copy that carries LAYOUT_PROBE (removed afterwards)."""
     html = book_root / "_build" / "html"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
     def render(page: str):
         path = html / f"{page}.html"
-        url = path.resolve().as_uri()
+        source = path.read_text(encoding="utf-8")
+        probed = path.with_name(f".layout-probe-{path.name}")  # beside it: same relative links
+        probed.write_text(source.replace("</body>", LAYOUT_PROBE + "</body>", 1), encoding="utf-8")
         shot = SCREENSHOTS / f"{Path(page).name}.png"
-        # one browser run: the DOM after JavaScript on stdout, the screenshot to a file
-        dumped = chromium("--dump-dom", f"--screenshot={shot}", "--window-size=1280,2000", url)
-        static = bs4.BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
-        return page, (static, bs4.BeautifulSoup(dumped.stdout, "html.parser"), shot)
+        try:
+            # one browser run: the DOM after JavaScript on stdout, the screenshot to a file
+            dumped = chromium("--dump-dom", f"--screenshot={shot}", "--window-size=1280,2000", probed.resolve().as_uri())
+        finally:
+            probed.unlink(missing_ok=True)
+        dom = bs4.BeautifulSoup(dumped.stdout, "html.parser")
+        probe = dom.find(id="layout-probe")
+        layout = json.loads(probe.get_text()) if probe is not None else None
+        for tag in dom.select("#layout-probe") + [t for t in dom.find_all("script") if "layout-probe" in t.get_text()]:
+            tag.decompose()  # the other checks see the page as built
+        return page, (bs4.BeautifulSoup(source, "html.parser"), dom, shot, layout)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(pool.map(render, toc_pages(book_root)))
+
+
+@pytest.fixture(scope="module")
+def rendered(pages):
+    """{page: (static soup, soup after JavaScript, screenshot)}."""
+    return {page: (static, dom, shot) for page, (static, dom, shot, _) in pages.items()}
+
+
+@pytest.fixture(scope="module")
+def layouts(pages):
+    """{page: what LAYOUT_PROBE measured}; a page where the probe did not run fails here."""
+    missing = [page for page, (*_, layout) in pages.items() if layout is None]
+    assert not missing, f"the layout probe did not run on {missing}"
+    return {page: layout for page, (*_, layout) in pages.items()}
 
 
 def visible_text(soup) -> str:
@@ -209,3 +282,66 @@ def test_screenshots_are_pages_not_blank(rendered):
             assert high - low > 150, f"{page}: the screenshot looks blank"
             shades = np.unique(np.asarray(grey.resize((160, 250))))
             assert len(shades) > 20, f"{page}: the screenshot looks blank"
+
+
+def executed_notebook(book_root: Path, page: str):
+    path = book_root / f"{page}.ipynb"
+    return nbformat.read(path, as_version=4) if path.is_file() else None
+
+
+def tags(cell) -> list[str]:
+    return cell.get("metadata", {}).get("tags", [])
+
+
+def test_the_injected_parameters_cell_is_not_on_any_page(book_root, rendered):
+    injected = 0
+    for page, (_, dom, _) in rendered.items():
+        nb = executed_notebook(book_root, page)
+        if nb is not None:
+            injected += sum("injected-parameters" in tags(c) for c in nb.cells)
+        assert not dom.select("div.cell.tag_injected-parameters, div.cell.tag_parameters"), f"{page}: a parameters cell is rendered"
+        sources = [pre.get_text().lstrip() for pre in dom.select("div.cell_input pre")]
+        assert not [s for s in sources if s.startswith("# Parameters")], f"{page}: papermill's parameters are shown"
+    assert injected >= 1, "papermill injected no parameters cell into any executed chapter: nothing was checked"
+
+
+def test_wide_tables_scroll_inside_their_own_box(layouts):
+    wide = 0
+    for page, layout in layouts.items():
+        assert layout["scrollWidth"] <= layout["viewport"], (
+            f"{page}: the page scrolls sideways ({layout['scrollWidth']} px in a {layout['viewport']} px window)"
+        )
+        left, right = layout["column"]["left"] - 1, layout["column"]["right"] + 1
+        for number, table in enumerate(layout["tables"], 1):
+            if table["left"] >= left and table["right"] <= right:
+                continue  # fits the column
+            wide += 1
+            where = f"{page}: table {number} ({table['width']:.0f} px; the column is {left + 1:.0f}-{right - 1:.0f})"
+            box = table["box"]
+            assert box is not None, f"{where} runs over the text column, in no scrolling box"
+            assert box["left"] >= left and box["right"] <= right, f"{where}: its scrolling box runs over the column: {box}"
+            assert box["scrollWidth"] > box["clientWidth"], f"{where}: its box does not scroll: {box}"
+    assert wide >= 1, "no table is wider than its column (the appendix's benchmark tables are): the scrolling was not checked"
+
+
+def test_cells_tagged_hide_input_render_collapsed(book_root, rendered, layouts):
+    collapsed = 0
+    for page, (_, dom, _) in rendered.items():
+        nb = executed_notebook(book_root, page)
+        tagged = 0 if nb is None else sum(
+            c.cell_type == "code" and "hide-input" in tags(c) and "remove-cell" not in tags(c) for c in nb.cells
+        )
+        cells = dom.select("div.cell.tag_hide-input")
+        states = layouts[page]["hidden"]
+        assert len(cells) == len(states) == tagged, f"{page}: {tagged} cells tagged hide-input, {len(cells)} rendered as such"
+        for number, (cell, state) in enumerate(zip(cells, states), 1):
+            where = f"{page}: hide-input cell {number}"
+            details = cell.find("details")
+            assert details is not None and details.select_one(".cell_input") is not None, f"{where}: its source is not in a <details>"
+            assert not details.has_attr("open") and state["open"] is False, f"{where} renders open"
+            assert state["inputVisible"] is False, f"{where}: its source is visible"
+            assert state["detailsHeight"] <= state["summaryHeight"] + 2, f"{where} takes {state['detailsHeight']:.0f} px, more than its summary line"
+            if cell.select_one("div.cell_output") is not None:
+                assert state["outputHeight"] > 0, f"{where}: its output is hidden too"
+            collapsed += 1
+    assert collapsed >= 1, "no cell tagged hide-input in the book: nothing was checked"
