@@ -212,7 +212,8 @@ def load(profile: str, results="results") -> dict[str, dict[int, dict]]:
     return found
 
 
-def run_manifest(profile: str, results="results", runs="runs", processes: int = 1, root=None, only=None, dry_run=False, echo=print) -> int:
+def run_manifest(profile: str, results="results", runs="runs", processes: int = 1, root=None, only=None, dry_run=False, echo=print,
+                 progress: bool = True) -> int:
     """Run every missing (run, seed) of the manifest; repeats while escalations add seeds.
     Returns the number of runs made (or, with `dry_run`, that would be made now)."""
     from .runner import plan, run_jobs
@@ -228,4 +229,19 @@ def run_manifest(profile: str, results="results", runs="runs", processes: int = 
         if not todo or todo <= seen:  # nothing new to run (a run that failed stays failed)
             return made
         seen |= todo
-        made += len(run_jobs([job for job, _ in listed], processes, echo=echo, is_done=is_done))
+        made += len(run_jobs([job for job, _ in listed], processes, progress=progress, echo=echo, is_done=is_done))
+
+
+def should_train(profile: str, train_missing: bool | None = None) -> bool:
+    """A chapter's `train_missing` parameter: None means yes at the smoke profile (seconds
+    per run) and at the paper profile when a GPU is present, no at the cpu profile (its
+    records are committed; `make results-cpu` re-makes them)."""
+    if train_missing is not None:
+        return bool(train_missing)
+    if profile == "smoke":
+        return True
+    if profile == "paper":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
