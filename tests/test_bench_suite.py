@@ -75,9 +75,11 @@ def test_provenance_names_the_code_libraries_threads_machine_and_time(suite):
         assert dt.timedelta(0) <= age < dt.timedelta(hours=1)
         assert prov["command"].startswith(f"python benchmarks/{run_all.BENCHMARKS[name].script} ")
         assert "--small" in report["suite_command"] and report["small"] is True
-        assert prov["wall_seconds"] > 0
         if "skipped" not in report:
+            assert prov["wall_seconds"] > 0
             assert report["peak_rss_mib_benchmark_process"] > 50  # a process that imported torch
+        else:  # skipped (no CUB): decided in milliseconds, which may round to 0.0 s
+            assert prov["wall_seconds"] >= 0
 
 
 def test_benchmarks_ran_with_the_threads_the_suite_set(suite):
