@@ -10,7 +10,7 @@ LOSSES := contrastive triplet triplet_center npair quadruplet lifted_structure b
 
 PROFILE ?=
 
-.PHONY: book test venv bench results-cpu results-studies clean
+.PHONY: book test venv bench results-cpu results-recipe results-studies verify clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,13 +31,20 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
-# The nine cpu-profile run records and the baseline (needs CUB: $$DML_DATA or ./data).
-# A loss that already has a record is skipped; an interrupted run resumes from its checkpoint.
+# Every record of the run manifest (dmlutils/manifest.py) at the cpu profile, two runs side
+# by side (needs CUB: $$DML_DATA or ./data). Valid records are skipped; interrupted runs
+# resume from their checkpoints. PROCESSES=1 for one at a time; ONLY="--only group:beta".
+PROCESSES ?= 2
 results-cpu: $(VENV)/.installed
-	@for loss in $(LOSSES); do \
-	  test -f results/cpu/$$loss.json || $(PY) -m dmlutils train --profile cpu --loss $$loss --resume || exit 1; \
-	done
-	test -f results/cpu/baseline.json || $(PY) -m dmlutils baseline --profile cpu
+	$(PY) -m dmlutils runs --profile cpu --processes $(PROCESSES) $(ONLY)
+
+# The recipe study that chose the cpu profile's settings (dmlutils/recipe.py).
+results-recipe: $(VENV)/.installed
+	$(PY) -m dmlutils recipe --processes $(PROCESSES)
+
+# Re-train committed records from scratch and compare (default: MS, seed 0).
+verify: $(VENV)/.installed
+	$(PY) -m dmlutils verify --profile cpu $(VERIFY_ARGS)
 
 # Chapter 6's setting studies (dmlutils/studies.py): candidates on held-out training
 # classes, then the chosen setting on the test classes. Existing records are reused.

@@ -1,4 +1,4 @@
-"""Command line: `python -m dmlutils train|ablation|study|recipe|baseline|profiles|book ...`.
+"""Command line: `python -m dmlutils train|ablation|study|recipe|runs|verify|baseline|profiles|book ...`.
 
     python -m dmlutils train --profile cpu --loss multi_similarity --set loss.beta=50 --set iterations=300
     python -m dmlutils train --profile cpu --loss multi_similarity --resume
@@ -7,6 +7,7 @@
     python -m dmlutils study contrastive --profile cpu
     python -m dmlutils recipe --processes 2
     python -m dmlutils runs --profile cpu --processes 2 [--only group:beta] [--dry-run]
+    python -m dmlutils verify --profile cpu [--runs multi_similarity:0]
     python -m dmlutils profiles
     python -m dmlutils book --profile smoke
 """
@@ -73,6 +74,14 @@ def main(argv=None) -> int:
     runs_parser.add_argument("--only", action="append", default=None, metavar="NAME", help="a run name, or group:<group>; repeatable")
     runs_parser.add_argument("--dry-run", action="store_true", help="print the plan and its time estimate, run nothing")
 
+    verify_parser = commands.add_parser("verify", help="re-train committed records from scratch and compare (dmlutils.verify)")
+    verify_parser.add_argument("--profile", default="cpu", help=f"one of {', '.join(PROFILES)}")
+    verify_parser.add_argument("--runs", action="append", default=None, metavar="NAME[:SEED]", help="a manifest run (default: multi_similarity:0); repeatable")
+    verify_parser.add_argument("--root", default=None, help="data root (default: $DML_DATA, else ./data)")
+    verify_parser.add_argument("--results", default="results", help="folder of run records (default: results/)")
+    verify_parser.add_argument("--fresh-cache", action="store_true", help="rebuild the activation cache too, in a temporary folder")
+    verify_parser.add_argument("--no-report", action="store_true", help="do not write results/verify/<profile>.json/.md")
+
     baseline_parser = commands.add_parser("baseline", help="evaluate the pretrained backbone's pooled features")
     common(baseline_parser)
 
@@ -92,6 +101,12 @@ def main(argv=None) -> int:
             return 0
         from . import engine
 
+        if args.command == "verify":
+            from .verify import DEFAULT_RUNS, verify
+
+            report = verify(args.profile, args.runs or DEFAULT_RUNS, args.results, args.root, fresh_cache=args.fresh_cache,
+                            report_dir=None if args.no_report else Path(args.results) / "verify")
+            return 0 if report["passed"] else 1
         if args.command == "runs":
             from .manifest import run_manifest
 
