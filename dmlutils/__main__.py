@@ -21,10 +21,13 @@ from pathlib import Path
 from .profiles import PROFILES, make_config, parse_set_arguments
 
 
-def _record_path(args, name: str) -> Path:
+def _record_path(args, name: str, seed: int = 0) -> Path:
+    """--record, else the run's place in the manifest layout: results/<profile>/<name>/seed_<n>.json."""
+    from .manifest import record_path
+
     if args.record:
         return Path(args.record)
-    return Path(args.results) / args.profile / f"{name}.json"
+    return record_path(args.results, args.profile, name, seed)
 
 
 def main(argv=None) -> int:
@@ -47,9 +50,10 @@ def main(argv=None) -> int:
     train_parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     train_parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    ablation_parser = commands.add_parser("ablation", help="train one run of the ablation matrix (dmlutils.ablations)")
+    ablation_parser = commands.add_parser("ablation", help="train one run of the run manifest by name (dmlutils.manifest)")
     common(ablation_parser)
-    ablation_parser.add_argument("name", help="e.g. ms_no_mining; see dmlutils/ablations.py")
+    ablation_parser.add_argument("name", help="e.g. ms_no_mining; see dmlutils/manifest.py")
+    ablation_parser.add_argument("--seed", type=int, default=0)
     ablation_parser.add_argument("--resume", action="store_true")
     ablation_parser.add_argument("--quiet", action="store_true")
 
@@ -130,21 +134,24 @@ def main(argv=None) -> int:
             return 0
         if args.command in ("train", "ablation"):
             if args.command == "ablation":
-                from .ablations import ablation
+                from .manifest import run as manifest_run
 
-                loss, overrides = ablation(args.name)
-                overrides = {**{k: str(v) for k, v in overrides.items()}, **parse_set_arguments(args.set)}
-                name, run_dir = args.name, None
+                entry = manifest_run(args.name)
+                if entry.loss is None:
+                    raise ValueError(f"{args.name} is not a training run; use: python -m dmlutils baseline --profile {args.profile}")
+                loss = entry.loss
+                overrides = {**{k: str(v) for k, v in entry.overrides.items()}, "seed": str(args.seed), **parse_set_arguments(args.set)}
+                name, run_dir = args.name, Path("runs") / args.profile / args.name / f"seed_{args.seed}"
             else:
                 loss, overrides = args.loss, parse_set_arguments(args.set)
                 name, run_dir = args.name or args.loss, args.run_dir
             config = make_config(args.profile, loss, overrides)
             run_dir = run_dir or Path("runs") / args.profile / name
-            record_path = _record_path(args, name)
+            record_path = _record_path(args, name, config["seed"])
             record = engine.train(config, run_dir, resume=args.resume, root=args.root, record_path=record_path, progress=not args.quiet, device=args.device)
         else:
             config = make_config(args.profile, "multi_similarity", parse_set_arguments(args.set))
-            record_path = _record_path(args, "baseline")
+            record_path = _record_path(args, "baseline", config["seed"])
             record = engine.baseline(config, root=args.root, record_path=record_path, device=args.device)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

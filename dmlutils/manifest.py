@@ -245,3 +245,18 @@ def should_train(profile: str, train_missing: bool | None = None) -> bool:
 
         return torch.cuda.is_available()
     return False
+
+
+def ensure(profile: str, results="results", only=None, train_missing: bool | None = None, root=None) -> dict[str, dict[int, dict]]:
+    """A chapter's records: with `should_train`, first make the missing (run, seed) pairs of
+    `only` (the whole manifest if None); then {run name: {seed: record}} of every valid
+    record. A profile whose records ship with the repository (cpu) and where none is found
+    raises `records.RecordsNotFound`, naming the folder and the command that makes them."""
+    from .records import check_records_found
+
+    if should_train(profile, train_missing):
+        run_manifest(profile, results, processes=1, root=root, only=only, echo=lambda *_: None, progress=False)
+    loaded = load(profile, results)
+    if not loaded:
+        check_records_found(profile, results)
+    return loaded

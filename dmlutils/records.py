@@ -40,10 +40,10 @@ def no_records_message(profile: str, folder) -> str:
     state = "holds no finished record (*.json)" if folder.is_dir() else "does not exist"
     lines = [f"No run records at the {profile!r} profile: {folder}/ {state}.", "Make them with"]
     if profile == "cpu":
-        lines.append("    make results-cpu        # the nine losses and the baseline, from the repository root")
+        lines.append("    make results-cpu        # every run of the manifest (dmlutils/manifest.py), from the repository root")
     lines += [
-        f"    python -m dmlutils train --profile {profile} --loss multi_similarity   # one loss; a record each",
-        f"    python -m dmlutils baseline --profile {profile}",
+        f"    python -m dmlutils runs --profile {profile} --only multi_similarity   # one run of the manifest",
+        f"    python -m dmlutils runs --profile {profile} --dry-run                 # what is missing, and how long it takes",
     ]
     if (DEFAULT_RESULTS / profile).is_dir() and (DEFAULT_RESULTS / profile).resolve() != folder:
         lines.append(f"The repository's records of this profile are in {DEFAULT_RESULTS / profile}/: pass -p results_dir {DEFAULT_RESULTS}.")
@@ -58,13 +58,17 @@ def check_records_found(profile: str, results_dir=None) -> None:
     if profile not in SHIPPED_PROFILES + WARNED_PROFILES:
         return
     folder = Path(results_dir or DEFAULT_RESULTS) / profile
-    if load_records(profile, results_dir):
+    if load_records(profile, results_dir) or any(_finished(p) for p in folder.glob("*/seed_*.json")):
         return
     message = no_records_message(profile, folder)
     if profile in SHIPPED_PROFILES:
         raise RecordsNotFound(message)
     banner = "!" * 88
     print(f"{banner}\nWARNING: {message}\nThe tables show every row of this profile as 'not run'.\n{banner}", file=sys.stderr)
+
+
+def _finished(path: Path) -> bool:
+    return "final" in json.loads(Path(path).read_text())
 
 
 def load_records(profile: str, results_dir=None) -> dict[str, dict]:

@@ -145,3 +145,33 @@ def cpu_seconds(loaded: dict[str, dict[int, dict]]) -> dict:
                 key = tuple(c.get(k) for k in ("image_size", "resize_size", "cache_from_block", "cache_views", "seed", "pooling"))[:5]
                 caches[key] = float(record["cache_seconds"])
     return {"runs": runs, "caches": sum(caches.values()), "cache_count": len(caches), "total": runs + sum(caches.values())}
+
+
+def mean_curve(by_seed: dict[int, dict], metric: str = CRITERION):
+    """(iterations, mean, std) of a run's evaluations over its seeds, at the iterations
+    every seed evaluated (std is 0 with a single seed)."""
+    import numpy as np
+
+    curves = [{e["iteration"]: e["metrics"][metric] for e in r["evaluations"]} for r in (by_seed or {}).values()]
+    if not curves:
+        return [], np.array([]), np.array([])
+    iterations = sorted(set.intersection(*(set(c) for c in curves)))
+    values = np.array([[c[i] for i in iterations] for c in curves])
+    return iterations, values.mean(axis=0), values.std(axis=0, ddof=1) if len(curves) > 1 else np.zeros(len(iterations))
+
+
+def best_minus_final(by_seed: dict[int, dict], metric: str = CRITERION) -> SeedSummary:
+    """How far each seed's final evaluation is below its best one (0: no decay at the end)."""
+    gaps = {s: {"final": {metric: max(e["metrics"][metric] for e in r["evaluations"]) - r["final"][metric]}} for s, r in (by_seed or {}).items()}
+    return summarise(gaps, metric)
+
+
+def setup_label(config: dict) -> str:
+    """The backbone and input of a record, e.g. 'efficientnet_lite0, 224 px, avg+max pooling,
+    blocks 8- fine-tuned' — from the record's own settings, not from its profile's name."""
+    if config.get("data") == "synthetic":
+        return f"{config['backbone']}, synthetic data"
+    parts = [config["backbone"], f"{config['image_size']} px", f"{config['pooling']} pooling"]
+    if config.get("cache_views"):
+        parts.append(f"blocks {config['cache_from_block']}- fine-tuned on {config['cache_views']} cached views")
+    return ", ".join(parts)

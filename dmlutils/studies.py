@@ -13,7 +13,7 @@ writes `results/<profile>/study/<loss>/<setting>.json` (one validation record pe
 setting; `results/<profile>/study/baseline.json` is the pretrained features on the same
 classes and `results/<profile>/study/multi_similarity.json` MS loss with its paper's setting), `results/<profile>/study/<loss>/selection.json` (the choice and what it was
 chosen from), and `results/<profile>/tuned/<loss>.json` (the test record of the choice;
-when the choice is the loss's default setting and `results/<profile>/<loss>.json` was
+when the choice is the loss's default setting and `results/<profile>/<loss>/seed_0.json` was
 trained with exactly it, that record is the test record and nothing is trained twice).
 Records that exist are reused; interrupted runs resume from their checkpoints.
 """
@@ -157,7 +157,9 @@ def run_study(loss: str, profile: str = "cpu", results="results", runs="runs", r
     chosen, scores = select(records)
     tuned_config = make_config(profile, loss, {**settings[chosen], **(extra_overrides or {})})
     tuned_path = tuned_record_path(results, profile, loss)
-    default_path = Path(results) / profile / f"{loss}.json"
+    from .manifest import record_path
+
+    default_path = record_path(results, profile, loss, tuned_config["seed"])  # the loss's own run in the manifest
     if not tuned_path.exists() and _same_run(default_path, tuned_config):
         tuned_path = default_path  # the choice is the setting of the loss's own record: no need to train it twice
     selection = {

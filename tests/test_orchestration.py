@@ -3,27 +3,30 @@ import json
 
 import pytest
 
-from dmlutils.orchestration import ensure_records, ensure_studies
+from dmlutils.orchestration import ensure_studies
 from dmlutils.records import RecordsNotFound
 
 
-def test_ensure_records_trains_only_what_is_missing(tmp_path, monkeypatch):
+def test_manifest_ensure_trains_only_what_is_missing(tmp_path, monkeypatch):
+    from dmlutils import manifest
+
     monkeypatch.chdir(tmp_path)  # checkpoints go to ./runs
-    runs = {"a": ("contrastive", {"iterations": 2, "eval_every": 1})}
-    first = ensure_records("smoke", runs, tmp_path / "results", train_missing=True)
-    assert list(first) == ["a"] and first["a"]["loss"] == "contrastive" and first["a"]["config"]["iterations"] == 2
-    stamp = (tmp_path / "results" / "smoke" / "a.json").stat().st_mtime_ns
-    again = ensure_records("smoke", runs, tmp_path / "results", train_missing=True)
-    assert again["a"]["final"] == first["a"]["final"]
-    assert (tmp_path / "results" / "smoke" / "a.json").stat().st_mtime_ns == stamp  # not retrained
-    assert ensure_records("smoke", {"b": ("triplet", {})}, tmp_path / "results", train_missing=False) == {}
-    assert not (tmp_path / "results" / "smoke" / "b.json").exists()
+    first = manifest.ensure("smoke", tmp_path / "results", only=["ms_beta_10"])
+    assert list(first) == ["ms_beta_10"] and first["ms_beta_10"][0]["loss_hparams"]["beta"] == 10.0
+    path = manifest.record_path(tmp_path / "results", "smoke", "ms_beta_10", 0)
+    stamp = path.stat().st_mtime_ns
+    again = manifest.ensure("smoke", tmp_path / "results", only=["ms_beta_10"])
+    assert again["ms_beta_10"][0]["final"] == first["ms_beta_10"][0]["final"]
+    assert path.stat().st_mtime_ns == stamp  # not retrained
+    assert "ms_beta_20" not in manifest.ensure("smoke", tmp_path / "results", only=["ms_beta_20"], train_missing=False)
 
 
 def test_without_train_missing_nothing_is_trained_and_no_record_at_the_cpu_profile_is_loud(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(RecordsNotFound, match="No run records at the 'cpu' profile"):
-        ensure_records("cpu", {"triplet": ("triplet", {})}, tmp_path / "results")
+    from dmlutils import manifest
+
+    with pytest.raises(RecordsNotFound, match="(?s)No run records at the 'cpu' profile.*make results-cpu"):
+        manifest.ensure("cpu", tmp_path / "results", only=["triplet"])
     studies = ensure_studies("smoke", ["npair"], tmp_path / "results")
     assert studies == {"npair": {"validation": {}, "selection": None, "tuned": None}}
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()

@@ -53,7 +53,7 @@ def test_a_chapter_run_by_papermill_from_another_folder_reads_the_repositorys_re
     output = elsewhere / "A1.ipynb"
     run_papermill(REPO_ROOT / "notebooks" / "A1_environment_and_provenance.ipynb", output, profile="smoke", results_dir="results")
     shown = outputs_text(output)
-    committed = sorted(p.relative_to(REPO_ROOT / "results").as_posix() for p in (REPO_ROOT / "results" / "cpu").glob("*.json"))
+    committed = sorted(p.relative_to(REPO_ROOT / "results").as_posix() for p in (REPO_ROOT / "results" / "cpu").glob("*/seed_*.json"))
     assert committed, "the repository's cpu records are what this test looks for"
     # results_dir="results" was read as <repository>/results, not <here>/results
     assert "No run records under" not in shown

@@ -1,16 +1,16 @@
-"""Run records as the book reads them, and the ablation matrix's settings."""
+"""Run records as the book reads them."""
 import json
 import subprocess
 import sys
 
 import pytest
 
-from dmlutils.ablations import ABLATIONS, ablation, all_ablations
 from dmlutils.provenance import REPO_ROOT, write_json
 from dmlutils.profiles import make_config
 from dmlutils.records import (
     DEFAULT_RESULTS,
     RecordsNotFound,
+    check_records_found,
     find_records,
     learning_curve,
     load_records,
@@ -19,24 +19,6 @@ from dmlutils.records import (
     strip_machine_paths,
     strip_machine_paths_in,
 )
-
-
-def test_every_ablation_is_a_valid_configuration_at_every_profile():
-    names = [name for group in ABLATIONS.values() for name in group]
-    assert len(names) == len(set(names)), "ablation names must be unique (they name record files)"
-    for name, (loss, overrides) in all_ablations().items():
-        for profile in ("smoke", "cpu", "paper"):
-            config = make_config(profile, loss, {k: str(v) for k, v in overrides.items()})
-            for key, value in overrides.items():
-                if key.startswith("loss."):
-                    assert config["loss_hparams"][key[5:]] == value, (name, key)
-                else:
-                    assert config[key] == value, (name, key)
-
-
-def test_unknown_ablation_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown ablation 'ms_no_minning'; valid: .*ms_no_mining"):
-        ablation("ms_no_minning")
 
 
 def test_unfinished_records_are_not_results(tmp_path):
@@ -85,11 +67,14 @@ def test_no_record_at_all_at_the_cpu_profile_raises_naming_the_folder_and_the_co
         find_records("cpu", ["triplet"], tmp_path / "elsewhere")
     message = str(error.value)
     assert f"{tmp_path / 'elsewhere' / 'cpu'}/ does not exist" in message
-    assert "make results-cpu" in message and "python -m dmlutils train --profile cpu" in message
+    assert "make results-cpu" in message and "python -m dmlutils runs --profile cpu" in message
     assert f"-p results_dir {DEFAULT_RESULTS}" in message  # where the repository's records are
     (tmp_path / "elsewhere" / "cpu").mkdir(parents=True)
     with pytest.raises(RecordsNotFound, match="holds no finished record"):
         find_records("cpu", ["triplet"], tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "cpu" / "triplet").mkdir()
+    (tmp_path / "elsewhere" / "cpu" / "triplet" / "seed_0.json").write_text(json.dumps(FINISHED))
+    check_records_found("cpu", tmp_path / "elsewhere")  # a record in the manifest layout counts
 
 
 def test_some_records_present_keep_the_others_as_not_run(tmp_path, capsys):
@@ -106,7 +91,7 @@ def test_no_record_at_the_paper_profile_prints_a_warning_block_and_goes_on(tmp_p
     assert find_records("paper", ["triplet"], tmp_path) == {}
     err = capsys.readouterr().err
     assert err.startswith("!" * 20) and "WARNING: No run records at the 'paper' profile" in err
-    assert str(tmp_path / "paper") in err and "python -m dmlutils train --profile paper" in err
+    assert str(tmp_path / "paper") in err and "python -m dmlutils runs --profile paper" in err
 
 
 def test_the_smoke_profile_stays_quiet_without_records(tmp_path, capsys):

@@ -65,3 +65,15 @@ def test_cpu_seconds_count_a_shared_cache_once():
     loaded = {"a": {0: rec(0, 600.0), 1: rec(1, 500.0)}, "b": {0: rec(0, 600.0)}}
     cost = report.cpu_seconds(loaded)
     assert cost == {"runs": 300.0, "caches": 1100.0, "cache_count": 2, "total": 1400.0}
+
+
+def test_mean_curve_and_decay_from_the_best_evaluation():
+    def run(*values):
+        return {"evaluations": [{"iteration": 50 * i, "metrics": {"recall@1": v}} for i, v in enumerate(values)],
+                "final": {"recall@1": values[-1]}}
+    by_seed = {0: run(0.4, 0.6, 0.5), 1: run(0.4, 0.5, 0.5)}
+    iterations, mean, std = report.mean_curve(by_seed)
+    assert iterations == [0, 50, 100] and mean.tolist() == pytest.approx([0.4, 0.55, 0.5])
+    assert std[1] == pytest.approx(math.sqrt(0.005))
+    decay = report.best_minus_final(by_seed)
+    assert decay.values == pytest.approx((0.1, 0.0))

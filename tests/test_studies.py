@@ -103,10 +103,10 @@ def test_a_default_choice_reuses_the_losses_own_record_only_when_it_ran_the_same
     monkeypatch.setattr(studies, "select", lambda records: ("default", {n: 0.0 for n in records}))
     results = tmp_path / "results"
     short = {"iterations": "4", "eval_every": "2"}
-    own = results / "smoke" / "npair.json"
+    own = results / "smoke" / "npair" / "seed_0.json"  # the loss's own run, in the manifest layout
     engine.train(make_config("smoke", "npair", short), tmp_path / "own", record_path=own, progress=False)
     selection = studies.run_study("npair", "smoke", results, tmp_path / "runs", progress=False, extra_overrides=short)
-    assert selection["test_record"] == "smoke/npair.json"
+    assert selection["test_record"] == "smoke/npair/seed_0.json"
     assert not (results / "smoke" / "tuned" / "npair.json").exists()
 
     # A record made with other settings (here a longer schedule) is not the choice's run.
