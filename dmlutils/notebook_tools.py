@@ -198,18 +198,28 @@ def colab_badge(url: str, branch: str, filename: str) -> str:
 
 
 def install_cell_source(url: str) -> str:
-    """The first code cell: installs dmlutils from the repository in Colab, nothing elsewhere."""
+    """The first code cell. In Colab it clones the book's repository (shallow), so the
+    committed run records, notebooks and data paths are there, installs dmlutils from that
+    clone and works inside it; anywhere else it does nothing. Plain Python (no `!` shell
+    magic), so a test can run it with a stubbed `google.colab` module."""
     return (
-        "# In Colab, install dmlutils (with its image extras) from the book's\n"
-        "# repository; anywhere else this cell does nothing.\n"
+        "# In Colab, fetch the book's repository (its run records and chapters come with it),\n"
+        "# install dmlutils from it and work inside it; anywhere else this cell does nothing.\n"
+        "import os\n"
+        "import subprocess\n"
         "import sys\n\n"
         'if "google.colab" in sys.modules:\n'
-        f'    !pip install --quiet "dmlutils[vision] @ git+{url}"'
+        f'    repository = os.environ.get("DML_REPOSITORY", "{url}")\n'
+        '    checkout = os.environ.get("DML_CHECKOUT", "/content/" + repository.rstrip("/").split("/")[-1])\n'
+        '    if not os.path.isdir(os.path.join(checkout, ".git")):\n'
+        '        subprocess.run(["git", "clone", "--depth", "1", repository, checkout], check=True)\n'
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", checkout + "[vision]"], check=True)\n'
+        "    sys.path.insert(0, checkout)  # importable now, without restarting the runtime\n"
+        "    os.chdir(checkout)  # results/ and the data paths are the repository's"
     )
 
 
 _BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\(https://colab\.research\.google\.com/github/[^)]*\)")
-_INSTALL_URL = re.compile(r"git\+https://github\.com/[^\s\"']+")
 
 
 def new_chapter(root: str | os.PathLike, name: str, title: str) -> Path:
@@ -262,7 +272,7 @@ def sync_colab(root: str | os.PathLike = ".") -> list[Path]:
             raise BookError(f"{path} lacks the Colab badge in its first cell or the install cell; see new_chapter().")
         badge = colab_badge(url, branch, path.name)
         nb.cells[0].source = _BADGE.sub(lambda _: badge, nb.cells[0].source, count=1)
-        first_code.source = _INSTALL_URL.sub(lambda _: f"git+{url}", first_code.source)
+        first_code.source = install_cell_source(url) if "google.colab" in first_code.source else first_code.source
         after = nbformat.writes(nb) + "\n"
         if after != before:
             _atomic_write_text(path, after)

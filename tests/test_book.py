@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -82,25 +83,46 @@ class TestSourceNotebook:
             f"{path.name}: the first cell needs the badge [![Open In Colab](...)]({link})"
         )
 
-    def test_install_cell_runs_only_in_colab(self, path, monkeypatch):
-        from IPython.core.inputtransformer2 import TransformerManager
-
+    def test_install_cell_does_nothing_outside_colab(self, path, monkeypatch):
         first_code = code_cells(nbformat.read(path, as_version=4))[0]
-        assert "google.colab" in first_code.source and f"git+{REPO_URL}" in first_code.source
-        python = TransformerManager().transform_cell(first_code.source)  # `!pip` -> get_ipython().system(...)
-        commands = []
-
-        class Shell:
-            def system(self, command):
-                commands.append(command)
-
+        assert "google.colab" in first_code.source and f'"DML_REPOSITORY", "{REPO_URL}"' in first_code.source
+        calls = []
+        monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a))
         monkeypatch.delitem(sys.modules, "google.colab", raising=False)
-        exec(compile(python, path.name, "exec"), {"get_ipython": Shell})
-        assert commands == [], "the install cell must do nothing outside Colab"
+        before = Path.cwd()
+        exec(compile(first_code.source, path.name, "exec"), {})
+        assert calls == [] and Path.cwd() == before, "the install cell must do nothing outside Colab"
 
-        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
-        exec(compile(python, path.name, "exec"), {"get_ipython": Shell})
-        assert len(commands) == 1 and "pip install" in commands[0] and f"git+{REPO_URL}" in commands[0]
+
+def test_colab_install_cell_clones_the_repository_and_installs_from_it(tmp_path, monkeypatch):
+    """The install cell, run as in Colab (a stubbed google.colab) against a local clone of
+    this repository: a shallow clone with the committed records and chapters, dmlutils
+    installed from it, and the kernel working inside it."""
+    source = code_cells(nbformat.read(NOTEBOOKS[0], as_version=4))[0].source
+    checkout = tmp_path / "content" / "ms-loss-reproduced"
+    monkeypatch.setenv("DML_REPOSITORY", f"file://{ROOT}")
+    monkeypatch.setenv("DML_CHECKOUT", str(checkout))
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    real_run, pip_calls = subprocess.run, []
+
+    def run(command, *args, **kwargs):
+        if command[:3] == [sys.executable, "-m", "pip"]:
+            pip_calls.append(command)  # not installed into the test's own environment
+            return subprocess.CompletedProcess(command, 0)
+        return real_run(command, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(source, "install cell", "exec"), {})
+    shallow = real_run(["git", "-C", str(checkout), "rev-parse", "--is-shallow-repository"], capture_output=True, text=True)
+    assert shallow.stdout.strip() == "true"
+    assert (checkout / "results" / "cpu" / "multi_similarity" / "seed_0.json").is_file()  # the committed records came along
+    assert (checkout / "notebooks" / NOTEBOOKS[0].name).is_file()
+    assert pip_calls == [[sys.executable, "-m", "pip", "install", "--quiet", "-e", f"{checkout}[vision]"]]
+    assert Path.cwd() == checkout and sys.path[0] == str(checkout)
+    exec(compile(source, "install cell", "exec"), {})  # a second run reuses the clone
+    assert len(pip_calls) == 2
 
 
 def test_toc_lists_every_chapter_and_is_current():
