@@ -68,14 +68,14 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _run(job: Job) -> tuple[str, float, dict]:
+def _run(job: Job, progress: bool = False, device: str | None = "cpu") -> tuple[str, float, dict]:
     from . import engine
 
     started = time.perf_counter()
     if job.kind == "baseline":
-        record = engine.baseline(job.config, root=job.root, record_path=job.record_path, device="cpu", progress=False)
+        record = engine.baseline(job.config, root=job.root, record_path=job.record_path, device=device, progress=progress)
     else:
-        record = engine.train(job.config, job.run_dir, resume=True, root=job.root, record_path=job.record_path, progress=False, device="cpu")
+        record = engine.train(job.config, job.run_dir, resume=True, root=job.root, record_path=job.record_path, progress=progress, device=device)
     return job.name, time.perf_counter() - started, record.get("final", {})
 
 
@@ -108,8 +108,8 @@ def run_jobs(jobs: list[Job], processes: int = 1, progress: bool = True, echo=pr
     results = {}
     if processes <= 1:
         bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
-        for job in todo:
-            name, seconds, final = _run(job)
+        for job in todo:  # in this process: the run's own progress bar, and a GPU if there is one
+            name, seconds, final = _run(job, progress=progress, device=None)
             results[name] = final
             bar.update(1)
             bar.write(f"{name}: {seconds / 60:.1f} min, " + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k in ("recall@1", "map@r")))

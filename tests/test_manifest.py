@@ -25,6 +25,7 @@ def test_names_are_unique_and_cover_the_main_table():
     assert len(names) == len(set(names))
     assert {r.name for r in manifest.group("main")} == {"baseline", *LOSSES}
     assert all(r.seeds == manifest.THREE_SEEDS for r in manifest.group("main") if r.loss)
+    assert [r.name for r in manifest.group("main")][:2] == ["baseline", "multi_similarity"]  # MS is trained first
 
 
 def test_every_run_builds_a_valid_config_at_every_profile():
