@@ -36,6 +36,8 @@ import contextlib
 import datetime as _dt
 import itertools
 import math
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -395,8 +397,32 @@ def train(
             distributed.cleanup()
 
 
+# Free space a run needs before it starts: checkpoints of the model and Adam's two moments
+# (written at every evaluation, beside the previous one while it is replaced), and the record.
+MIN_FREE_BYTES = 256 * 2**20
+
+
+def check_writable(folder: Path, what: str, min_free: int = MIN_FREE_BYTES) -> None:
+    """Fail before training, not after an hour, when `folder` cannot be created or written
+    or its disk is nearly full."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise OSError(f"cannot write the {what} to {folder}: {error.strerror or error}. Choose another folder "
+                      f"(--results / --run-dir) or fix its permissions.") from None
+    free = shutil.disk_usage(folder).free
+    if free < min_free:
+        raise OSError(f"only {free / 2**20:.0f} MiB free on the disk of {folder}, where the {what} go; a run needs at least "
+                      f"{min_free / 2**20:.0f} MiB. Free some space or choose another folder.")
+
+
 def _train(config, run_dir, context, resume, root, record_path, stop_after, progress) -> dict:
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir, "checkpoints")
+    if record_path is not None:
+        check_writable(Path(record_path).parent, "run record")
     checkpoint_path = run_dir / "checkpoint.pt"
     device = context.device
     is_main = context.is_main
