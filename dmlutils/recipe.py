@@ -30,6 +30,7 @@ from typing import Callable
 
 PROFILE = "cpu"
 LOSS = "multi_similarity"
+REPO_RESULTS = Path(__file__).resolve().parents[1] / "results"  # the committed study
 VALIDATION_CLASSES = 20
 CRITERION = "map@r"
 

@@ -73,3 +73,19 @@ def test_learning_rate_schedules():
     with pytest.raises(ValueError, match="unknown lr_schedule 'linear'"):
         make_config("smoke", "multi_similarity", {"lr_schedule": "linear"})
     assert PROFILES["paper"]["lr_schedule"] == "step"  # the paper's x0.1 steps
+
+
+def test_the_cpu_profile_runs_the_recipe_the_study_chose():
+    """Once the committed study is complete, the cpu profile holds its choice (evaluation
+    cadence aside: it does not change the model, every random draw is seeded by the step),
+    under a profile version newer than the study's starting point."""
+    from dmlutils.profiles import PROFILE_VERSIONS
+
+    chosen = recipe.final_recipe(recipe.REPO_RESULTS)
+    if chosen is None:
+        pytest.skip("the recipe study in results/cpu/recipe/ is not finished yet")
+    config = make_config("cpu", "multi_similarity", chosen)
+    for key in recipe.BASE:
+        if key != "eval_every":
+            assert PROFILES["cpu"][key] == config[key], key
+    assert PROFILE_VERSIONS["cpu"] >= 2
