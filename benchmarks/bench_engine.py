@@ -344,8 +344,38 @@ def recipe_comparison(steps: int, compile_steps: int, warmup: int, eval_images: 
             "share_of_matmul_peak_1_thread": flops / 1e9 / best / peak["1"],
             "evaluation_modes": time_evaluation_modes(model, config, shape, eval_images),
         }
+    out["online_whole_backbone"] = time_online_step(steps=max(1, steps // 2), warmup=warmup, size=64 if eval_images < 64 else 224)
     torch.set_num_threads(threads)
     return out
+
+
+def time_online_step(steps: int, warmup: int, size: int = 224) -> dict:
+    """One MS step that fine-tunes the whole EfficientNet-Lite0 on 80 images at 224 px (the
+    paper's manner, no cache; images already decoded): the cost of a flagship online run."""
+    config = make_config("cpu", "multi_similarity", {"image_size": 224, "resize_size": 256, "cache_views": 0, "cache_from_block": 0})
+    torch.manual_seed(0)
+    model = build_model(config).to(memory_format=torch.channels_last)
+    backbone_params, head_params = _trainable_parameters(model, config)
+    optimizer = torch.optim.Adam(backbone_params + head_params, lr=config["lr"])
+    loss_fn = build_loss(config, 100, model.embedding_dim)
+    images = torch.randn(config["p"] * config["k"], 3, size, size).contiguous(memory_format=torch.channels_last)
+    labels = torch.arange(config["p"]).repeat_interleave(config["k"])
+    model.train()
+    times = []
+    for _ in range(warmup + steps):
+        start = time.perf_counter()
+        loss = loss_fn(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times[warmup:])
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.eval()(images)
+    return {"steps": steps, "image_size": size, "seconds_per_step_median": median, "step_gflop": 3 * counter.get_total_flops() / 1e9,
+            "projected_hours_per_1000_steps": 1000 * median / 3600}
 
 
 def run(losses, steps: int, other_steps: int, warmup: int, small: bool, root=None, records_dir=REPO / "results" / "cpu") -> dict:
@@ -456,6 +486,11 @@ def markdown(report: dict) -> str:
                 f"{row['achieved_gflops_1_thread']:.1f} | {100 * row['share_of_matmul_peak_1_thread']:.0f}% | "
                 f"{ev['no_grad']['ms_per_image']:.1f} / {ev['inference_mode']['ms_per_image']:.1f} |"
             )
+        online = recipes.get("online_whole_backbone")
+        if online:
+            lines += ["", f"For comparison, one step that fine-tunes the whole backbone online on 80 images of {online['image_size']} px (the "
+                      f"paper's manner, no cache, decoding not counted): {online['seconds_per_step_median']:.1f} s on 1 thread, "
+                      f"{online['step_gflop']:.0f} GFLOP; 1,000 steps would take {online['projected_hours_per_1000_steps']:.1f} hours."]
     records = report.get("from_run_records")
     if records:
         cache_min = records["cache_seconds_median"]
