@@ -206,6 +206,9 @@ def _run_and_wrap(bench, out_dir, small, threads, suite_command, data_root, json
         "",
         body,
     ]
+    from dmlutils.records import strip_machine_paths
+
+    wrapped = strip_machine_paths(wrapped)  # reports, like run records, hold no path of this machine
     write_json_atomically(out_dir / f"{bench.name}.json", wrapped)
     write_text_atomically(out_dir / f"{bench.name}.md", "\n".join(lines) + "\n")
     return wrapped

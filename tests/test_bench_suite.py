@@ -54,6 +54,14 @@ def test_every_benchmark_writes_json_markdown_and_the_readme_gathers_them(suite)
     assert not [p.name for p in out.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]  # no temp files left
 
 
+def test_reports_hold_no_path_of_this_machine(suite):
+    from dmlutils.records import machine_paths
+
+    _, _, reports = suite
+    for name, report in reports.items():
+        assert machine_paths(report) == [], name  # written to a temporary folder, run with absolute paths
+
+
 def test_provenance_names_the_code_libraries_threads_machine_and_time(suite):
     import faiss
     import torch
