@@ -217,18 +217,22 @@ def load_study(results="results") -> dict:
         path = Path(path)
         return json.loads(path.read_text()) if path.exists() else None
 
-    stages, recipe = [], dict(BASE)
+    stages, recipe, kept_path = [], dict(BASE), None
     for stage, question, candidates in STAGES:
         selection = read(folder / stage / "selection.json")
         rows = []
         for name, candidate in candidates.items():
             change = _resolve(candidate, recipe)
-            path = Path(results) / selection["records"][name] if selection else folder / stage / f"{name}.json"
+            if selection:
+                path = Path(results) / selection["records"][name]
+            else:  # an open stage: its kept candidate is the record the stage before chose
+                path = kept_path if (not change and kept_path) else folder / stage / f"{name}.json"
             rows.append({"candidate": name, "change": describe(change), "record": read(path)})
         stages.append({"stage": stage, "question": question, "rows": rows, "chosen": selection["chosen"] if selection else None})
         if selection is None:
             break  # later stages depend on this one's choice
         recipe = selection["recipe"]
+        kept_path = Path(results) / selection["records"][selection["chosen"]]
     baselines = {}
     for path in sorted((folder / "baseline").glob("*.json")):
         record = read(path)

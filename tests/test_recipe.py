@@ -89,3 +89,14 @@ def test_the_cpu_profile_runs_the_recipe_the_study_chose():
         if key != "eval_every":
             assert PROFILES["cpu"][key] == config[key], key
     assert PROFILE_VERSIONS["cpu"] >= 2
+
+
+def test_an_open_stage_shows_its_kept_candidate_from_the_stage_before(tiny_study, tmp_path):
+    results = tmp_path / "results"
+    recipe.run_recipe_study(results, tmp_path / "runs", processes=1, profile="smoke", echo=lambda *_: None)
+    (results / "smoke/recipe/length/selection.json").unlink()  # as if stage 2 were still running
+    loaded = recipe.load_study(results)
+    first = json.loads((results / "smoke/recipe/rate/selection.json").read_text())
+    kept = json.loads((results / first["records"][first["chosen"]]).read_text())
+    assert loaded["recipe"] is None and loaded["stages"][1]["chosen"] is None
+    assert loaded["stages"][1]["rows"][0]["record"] == kept
