@@ -142,7 +142,7 @@ def cpu_seconds(loaded: dict[str, dict[int, dict]]) -> dict:
             runs += float(record.get("wall_time_seconds", 0.0))
             if record.get("cache_seconds"):
                 c = record["config"]
-                key = tuple(c.get(k) for k in ("image_size", "resize_size", "cache_from_block", "cache_views", "seed", "pooling"))[:5]
+                key = tuple(c.get(k) for k in ("image_size", "resize_size", "cache_from_block", "cache_views", "seed"))
                 caches[key] = float(record["cache_seconds"])
     return {"runs": runs, "caches": sum(caches.values()), "cache_count": len(caches), "total": runs + sum(caches.values())}
 

@@ -79,6 +79,12 @@ def _run(job: Job, progress: bool = False, device: str | None = "cpu") -> tuple[
     return job.name, time.perf_counter() - started, record.get("final", {})
 
 
+def _report(bar, results: dict, name: str, seconds: float, final: dict) -> None:
+    results[name] = final
+    bar.update(1)
+    bar.write(f"{name}: {seconds / 60:.1f} min, " + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k in ("recall@1", "map@r")))
+
+
 def plan(jobs: list[Job], processes: int, is_done=None) -> str:
     is_done = is_done or (lambda job: finished(job.record_path))
     todo = [job for job in jobs if not is_done(job)]
@@ -109,10 +115,7 @@ def run_jobs(jobs: list[Job], processes: int = 1, progress: bool = True, echo=pr
     if processes <= 1:
         bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
         for job in todo:  # in this process: the run's own progress bar, and a GPU if there is one
-            name, seconds, final = _run(job, progress=progress, device=None)
-            results[name] = final
-            bar.update(1)
-            bar.write(f"{name}: {seconds / 60:.1f} min, " + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k in ("recall@1", "map@r")))
+            _report(bar, results, *_run(job, progress=progress, device=None))
         bar.close()
         return results
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the workers before torch loads there
@@ -121,9 +124,6 @@ def run_jobs(jobs: list[Job], processes: int = 1, progress: bool = True, echo=pr
         pending = [pool.submit(_run, job) for job in todo]
         bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
         for future in futures.as_completed(pending):
-            name, seconds, final = future.result()
-            results[name] = final
-            bar.update(1)
-            bar.write(f"{name}: {seconds / 60:.1f} min, " + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k in ("recall@1", "map@r")))
+            _report(bar, results, *future.result())
         bar.close()
     return results
