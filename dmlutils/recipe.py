@@ -8,8 +8,11 @@ should use. Every candidate is an MS-loss run (the paper's setting) that trains 
 the 100 training classes and is scored on the other 20 (`validation_classes`); the test
 split is never read. Each stage keeps the winner of the stages before it and adds one
 change per candidate; the candidate with the best final validation MAP@R wins (MAP@R
-ranks all R relevant images, so it is steadier than Recall@1 on 1,180 images). The
-first candidate of a stage is the kept recipe, whose record comes from the stage before.
+ranks all R relevant images, so it is steadier than Recall@1 on 1,180 images), among
+those under which the whole run manifest would fit `MATRIX_BUDGET_HOURS` on 2 cores (the
+runner's estimate): a deeper or longer candidate that wins at a higher price is shown,
+not chosen. The first candidate of a stage is the kept recipe, whose record comes from
+the stage before.
 
     python -m dmlutils recipe --processes 2
 
@@ -105,6 +108,11 @@ STAGES: list[tuple[str, str, dict[str, dict | Callable[[dict], dict]]]] = [
     }),
 ]
 SEEDS = (1, 2)  # the winner again: the spread a difference between candidates must exceed
+# A candidate is eligible only if the run manifest (dmlutils/manifest.py, its declared
+# seeds) under it fits this many hours on 2 cores, caches included, by the runner's
+# estimate: a deeper or longer recipe that wins but costs more is shown, not chosen.
+MATRIX_BUDGET_HOURS = 12.0
+MATRIX_PROCESSES = 2
 POOLINGS = ("avg", "max", "avg+max")
 
 
@@ -120,6 +128,43 @@ def _config(overrides: dict, profile: str = PROFILE, seed: int = 0) -> dict:
 
 def _resolve(candidate, recipe: dict) -> dict:
     return dict(candidate(_config(recipe)) if callable(candidate) else candidate)
+
+
+def profile_settings(recipe: dict) -> dict:
+    """The cpu profile a recipe becomes: its settings, with the test split evaluated
+    four times per run (every 50 iterations cost about 30% of a run)."""
+    return {**recipe, "eval_every": max(1, recipe["iterations"] // 4)}
+
+
+def run_minutes(recipe: dict) -> float:
+    """Estimated minutes of one MS run of the profile a recipe becomes, on one thread."""
+    from .runner import Job, estimate_seconds
+
+    return estimate_seconds(Job("ms", _profile_config(recipe, {}, LOSS, 0), None, None)) / 60
+
+
+def _profile_config(recipe: dict, overrides: dict, loss: str, seed: int) -> dict:
+    from .profiles import make_config
+
+    return make_config(PROFILE, loss, {**profile_settings(recipe), **overrides, "seed": seed})
+
+
+def matrix_hours(recipe: dict, processes: int = MATRIX_PROCESSES) -> float:
+    """Estimated wall-clock hours of the run manifest's declared runs under a recipe,
+    `processes` side by side, plus one activation cache per seed and input pipeline."""
+    from . import manifest
+    from .runner import Job, estimate_cache_seconds, estimate_seconds
+
+    seconds, caches = 0.0, {}
+    for entry in manifest.RUNS:
+        if PROFILE not in entry.profiles:
+            continue
+        for seed in manifest.declared_seeds(entry, PROFILE):
+            config = _profile_config(recipe, entry.overrides, entry.loss or LOSS, seed)
+            seconds += estimate_seconds(Job(entry.name, config, None, None, entry.kind))
+            identity = tuple(config[k] for k in ("image_size", "resize_size", "cache_views", "cache_from_block", "seed"))
+            caches[identity] = estimate_cache_seconds(config)
+    return (seconds + sum(caches.values())) / 3600 / processes
 
 
 def _score(record: dict) -> float:
@@ -176,8 +221,10 @@ def run_recipe_study(results="results", runs="runs", processes: int = 1, root=No
             if record.get("evaluated_on", {}).get("split") != "validation":
                 raise ValueError(f"recipe record {paths[name]} was not evaluated on validation classes")
         scores = {name: _score(r) for name, r in records.items()}
-        best = max(scores.values())
-        chosen = next(name for name, score in scores.items() if score == best)  # ties: the kept recipe
+        hours = {name: matrix_hours(settings[name]) for name in settings}
+        eligible = [n for n in scores if hours[n] <= MATRIX_BUDGET_HOURS] or [min(hours, key=hours.get)]
+        best = max(scores[n] for n in eligible)
+        chosen = next(n for n in eligible if scores[n] == best)  # ties: the kept recipe
         recipe = settings[chosen]
         engine.write_json(folder / stage / "selection.json", {
             "stage": stage,
@@ -185,13 +232,17 @@ def run_recipe_study(results="results", runs="runs", processes: int = 1, root=No
             "criterion": f"final validation {CRITERION}",
             "validation_classes": VALIDATION_CLASSES,
             "scores": scores,
+            "run_minutes": {name: run_minutes(settings[name]) for name in settings},
+            "matrix_hours": hours,
+            "budget_hours": MATRIX_BUDGET_HOURS,
+            "eligible": eligible,
             "records": paths,
             "chosen": chosen,
             "recipe": recipe,
             "git": engine.code_version(),
             "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         })
-        echo(f"stage {stage}: " + ", ".join(f"{n} {s:.4f}" for n, s in scores.items()) + f"; chose {chosen}")
+        echo(f"stage {stage}: " + ", ".join(f"{n} {s:.4f} ({hours[n]:.1f} h)" for n, s in scores.items()) + f"; chose {chosen}")
 
     seed_jobs = [
         Job(f"seeds/seed_{seed}", _config(recipe, profile, seed), folder / "seeds" / f"seed_{seed}.json",
@@ -210,7 +261,8 @@ def load_study(results="results") -> dict:
     """What the recipe study has produced so far: {"stages": [{stage, question, rows,
     chosen}], "baselines": {(size, pooling): record}, "seeds": {seed: record},
     "recipe": the final recipe or None}. Each row: candidate, what it changes, its record
-    (None if not run yet)."""
+    (None if not run yet), the estimated minutes of one run and hours of the matrix under
+    it, and whether that fits the budget."""
     folder = recipe_dir(results)
 
     def read(path):
@@ -227,7 +279,10 @@ def load_study(results="results") -> dict:
                 path = Path(results) / selection["records"][name]
             else:  # an open stage: its kept candidate is the record the stage before chose
                 path = kept_path if (not change and kept_path) else folder / stage / f"{name}.json"
-            rows.append({"candidate": name, "change": describe(change), "record": read(path)})
+            hours = matrix_hours({**recipe, **change})
+            rows.append({"candidate": name, "change": describe(change), "record": read(path),
+                         "run_minutes": run_minutes({**recipe, **change}), "matrix_hours": hours,
+                         "eligible": hours <= MATRIX_BUDGET_HOURS})
         stages.append({"stage": stage, "question": question, "rows": rows, "chosen": selection["chosen"] if selection else None})
         if selection is None:
             break  # later stages depend on this one's choice

@@ -46,6 +46,25 @@ def test_stages_choose_on_validation_keep_choices_and_reuse_records(tiny_study, 
     assert all(row["record"] is not None for stage in loaded["stages"] for row in stage["rows"])
 
 
+def test_a_candidate_whose_matrix_exceeds_the_budget_is_shown_but_not_chosen(tiny_study, tmp_path, monkeypatch):
+    monkeypatch.setattr(recipe, "matrix_hours", lambda r, processes=2: 99.0 if r.get("lr") == 3e-3 else 1.0)
+    results = tmp_path / "results"
+    recipe.run_recipe_study(results, tmp_path / "runs", processes=1, profile="smoke", echo=lambda *_: None)
+    first = json.loads((results / "smoke/recipe/rate/selection.json").read_text())
+    assert first["matrix_hours"] == {"kept": 1.0, "fast": 99.0} and first["budget_hours"] == recipe.MATRIX_BUDGET_HOURS
+    assert first["eligible"] == ["kept"] and first["chosen"] == "kept"
+    assert "fast" in first["scores"]  # its record exists and is scored
+
+
+def test_the_matrix_estimate_grows_with_depth_and_length_and_the_starting_recipe_fits():
+    start = recipe.matrix_hours(recipe.BASE)
+    assert 0 < start < recipe.MATRIX_BUDGET_HOURS
+    assert recipe.matrix_hours({**recipe.BASE, "cache_from_block": 8}) > start
+    assert recipe.matrix_hours({**recipe.BASE, "iterations": 600}) == pytest.approx(
+        start + (recipe.matrix_hours({**recipe.BASE, "iterations": 800}) - start) / 2, rel=0.05)
+    assert recipe.profile_settings(recipe.BASE)["eval_every"] == 100  # four test evaluations per run
+
+
 def test_an_unfinished_study_shows_its_first_open_stage(tiny_study, tmp_path):
     loaded = recipe.load_study(tmp_path)
     assert loaded["recipe"] is None and len(loaded["stages"]) == 1
@@ -86,8 +105,7 @@ def test_the_cpu_profile_runs_the_recipe_the_study_chose():
         pytest.skip("the recipe study in results/cpu/recipe/ is not finished yet")
     config = make_config("cpu", "multi_similarity", chosen)
     for key in recipe.BASE:
-        if key != "eval_every":
-            assert PROFILES["cpu"][key] == config[key], key
+        assert PROFILES["cpu"][key] == recipe.profile_settings(config)[key], key
     assert PROFILE_VERSIONS["cpu"] >= 2
 
 
