@@ -68,6 +68,8 @@ def test_smoke_run_learns_and_writes_a_complete_record(smoke_record):
         assert key in on_disk, key
     assert on_disk["loss_hparams"]["beta"] == 40.0
     assert [e["iteration"] for e in on_disk["evaluations"]] == [0, 10, 20]
+    assert on_disk["evaluations"][0]["train_seconds"] == 0 and all(e["train_seconds"] > 0 for e in on_disk["evaluations"][1:])
+    assert sum(e["train_seconds"] + e["eval_seconds"] for e in on_disk["evaluations"]) == pytest.approx(on_disk["wall_time_seconds"])
     first, last = on_disk["evaluations"][0]["metrics"], on_disk["final"]
     # synthetic classes are learnable: training must beat the random-init network
     assert last["recall@1"] > first["recall@1"] + 0.05
