@@ -1,4 +1,4 @@
-"""Command line: `python -m dmlutils train|ablation|study|recipe|runs|verify|baseline|profiles|book ...`.
+"""Command line: `python -m dmlutils train|ablation|study|recipe|runs|verify|cache|baseline|profiles|book ...`.
 
     python -m dmlutils train --profile cpu --loss multi_similarity --set loss.beta=50 --set iterations=300
     python -m dmlutils train --profile cpu --loss multi_similarity --resume
@@ -8,6 +8,7 @@
     python -m dmlutils recipe --processes 2
     python -m dmlutils runs --profile cpu --processes 2 [--only group:beta] [--dry-run]
     python -m dmlutils verify --profile cpu [--runs multi_similarity:0]
+    python -m dmlutils cache --profile cpu --set seed=1
     python -m dmlutils profiles
     python -m dmlutils book --profile smoke
 """
@@ -86,6 +87,9 @@ def main(argv=None) -> int:
     verify_parser.add_argument("--fresh-cache", action="store_true", help="rebuild the activation cache too, in a temporary folder")
     verify_parser.add_argument("--no-report", action="store_true", help="do not write results/verify/<profile>.json/.md")
 
+    cache_parser = commands.add_parser("cache", help="build the activation cache of a profile (and --set overrides) ahead of its runs")
+    common(cache_parser)
+
     baseline_parser = commands.add_parser("baseline", help="evaluate the pretrained backbone's pooled features")
     common(baseline_parser)
 
@@ -111,6 +115,10 @@ def main(argv=None) -> int:
             report = verify(args.profile, args.runs or DEFAULT_RUNS, args.results, args.root, fresh_cache=args.fresh_cache,
                             report_dir=None if args.no_report else Path(args.results) / "verify")
             return 0 if report["passed"] else 1
+        if args.command == "cache":
+            path = engine.prepare_cache(make_config(args.profile, "multi_similarity", parse_set_arguments(args.set)), root=args.root)
+            print(f"activation cache ready: {path.name}")
+            return 0
         if args.command == "runs":
             from .manifest import run_manifest
 

@@ -569,6 +569,16 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
     return record
 
 
+def prepare_cache(config: dict, root=None, progress: bool = True) -> Path:
+    """Build (or find) the activation cache a run of `config` reads, ahead of the run: on a
+    core that would otherwise wait, while other runs train. Returns the cache's path."""
+    if not config["cache_views"]:
+        raise ValueError("this config trains on images (cache_views=0): it has no activation cache to build")
+    train_set, test_set = build_datasets(config, root)
+    activation_cache(config, build_model(config), train_set, test_set, progress)
+    return activation_cache_path(config, train_set, test_set)
+
+
 def baseline(config: dict, root=None, record_path=None, device=None, progress: bool = True) -> dict:
     """The pretrained backbone's globally pooled features, no metric learning: the floor."""
     device = torch.device(device) if device is not None else default_device()

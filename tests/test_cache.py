@@ -58,3 +58,22 @@ def test_two_runs_started_together_build_the_cache_once(tmp_path):
     first, second = (torch.load(p) for p in sorted(tmp_path.glob("builds.txt.*.pt")))
     assert torch.equal(first, second)
     assert len(list((tmp_path / "cache").glob("activations-*.pt"))) == 1
+
+
+def test_the_cache_command_builds_the_cache_a_run_then_reads(tmp_path, monkeypatch, capsys):
+    from dmlutils.__main__ import main as cli
+
+    root = tmp_path / "data"
+    make_cub(root, classes_per_split=2, images_per_class=3)
+    monkeypatch.setenv("DML_CACHE", str(tmp_path / "cache"))
+    settings = ["--set", "pretrained=false", "--set", "image_size=32", "--set", "resize_size=36", "--set", "cache_views=1"]
+    assert cli(["cache", "--profile", "cpu", "--root", str(root), *settings]) == 0
+    built = list((tmp_path / "cache").glob("activations-*.pt"))
+    assert len(built) == 1 and built[0].name in capsys.readouterr().out
+    config = tiny_cpu_config()
+    train, test = engine.build_datasets(config, root)
+    assert activation_cache_module.activation_cache_path(config, train, test) == built[0]  # the run's own cache
+    assert cli(["cache", "--profile", "cpu", "--root", str(root), *settings, "--set", "seed=1"]) == 0
+    assert len(list((tmp_path / "cache").glob("activations-*.pt"))) == 2  # another seed, other views
+    assert cli(["cache", "--profile", "cpu", "--root", str(root), "--set", "cache_views=0"]) == 2
+    assert "no activation cache to build" in capsys.readouterr().err
