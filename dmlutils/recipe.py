@@ -137,7 +137,8 @@ def profile_settings(recipe: dict) -> dict:
 
 
 def run_minutes(recipe: dict) -> float:
-    """Estimated minutes of one MS run of the profile a recipe becomes, on one thread."""
+    """Estimated minutes of one MS run of the profile a recipe becomes, on one thread of
+    an otherwise idle machine (two side by side take `runner.SIDE_BY_SIDE_SLOWDOWN` times longer)."""
     from .runner import Job, estimate_seconds
 
     return estimate_seconds(Job("ms", _profile_config(recipe, {}, LOSS, 0), None, None)) / 60
@@ -153,7 +154,7 @@ def matrix_hours(recipe: dict, processes: int = MATRIX_PROCESSES) -> float:
     """Estimated wall-clock hours of the run manifest's declared runs under a recipe,
     `processes` side by side, plus one activation cache per seed and input pipeline."""
     from . import manifest
-    from .runner import Job, estimate_cache_seconds, estimate_seconds
+    from .runner import SIDE_BY_SIDE_SLOWDOWN, Job, estimate_cache_seconds, estimate_seconds
 
     seconds, caches = 0.0, {}
     for entry in manifest.RUNS:
@@ -164,7 +165,8 @@ def matrix_hours(recipe: dict, processes: int = MATRIX_PROCESSES) -> float:
             seconds += estimate_seconds(Job(entry.name, config, None, None, entry.kind))
             identity = tuple(config[k] for k in ("image_size", "resize_size", "cache_views", "cache_from_block", "seed"))
             caches[identity] = estimate_cache_seconds(config)
-    return (seconds + sum(caches.values())) / 3600 / processes
+    slowdown = SIDE_BY_SIDE_SLOWDOWN if processes > 1 else 1.0  # the cache time was measured side by side already
+    return (seconds * slowdown + sum(caches.values())) / 3600 / processes
 
 
 def _score(record: dict) -> float:

@@ -43,6 +43,10 @@ def finished(record_path) -> bool:
 # a first guess for the plan, scaled by the trained map's area when feature_crop is set.
 _STEP_SECONDS = {(144, 11): 0.7, (160, 11): 0.85, (224, 11): 1.7, (144, 8): 1.1, (160, 8): 1.4, (224, 8): 2.7}
 _EVAL_SECONDS_PER_IMAGE = {11: 0.005, 8: 0.008}
+# Two runs side by side on this machine's two cores share its memory bandwidth and L3:
+# each 224-px recipe-study record (two at a time) took 1.17-1.41x (median 1.36) the time
+# the table above gives for one run alone.
+SIDE_BY_SIDE_SLOWDOWN = 1.35
 # The activation cache: every training view and the test split through the frozen blocks,
 # at 224 px. Measured: 1,609 s for 5 views + test at block 11, beside another run.
 _CACHE_SECONDS_PER_IMAGE = 0.046
@@ -102,8 +106,9 @@ def plan(jobs: list[Job], processes: int, is_done=None) -> str:
     todo = [job for job in jobs if not is_done(job)]
     lines = [f"{len(jobs)} runs, {len(jobs) - len(todo)} with a record already; {len(todo)} to run, {processes} at a time:"]
     total = 0.0
+    slowdown = SIDE_BY_SIDE_SLOWDOWN if min(processes, len(todo)) > 1 else 1.0
     for job in todo:
-        seconds = estimate_seconds(job)
+        seconds = estimate_seconds(job) * slowdown
         total += seconds
         lines.append(f"  {job.name:<40} about {seconds / 60:5.1f} min")
     if todo:

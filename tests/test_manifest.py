@@ -91,3 +91,18 @@ def test_the_runner_makes_missing_records_once(tmp_path):
     again = manifest.run_manifest("smoke", results, runs, processes=1, only=["ms_dim_256", "ms_dim_128", "baseline"], echo=lambda *_: None)
     assert again == 1  # ms_dim_256 only: the two records are valid and skipped
     assert manifest.run_manifest("smoke", results, runs, only=["baseline"], dry_run=True, echo=lambda *_: None) == 0
+
+
+def test_the_plan_counts_the_slowdown_of_runs_side_by_side(tmp_path):
+    import re
+
+    from dmlutils.runner import SIDE_BY_SIDE_SLOWDOWN, Job, estimate_seconds, plan
+
+    jobs = [Job(f"ms seed {s}", manifest.config_of(manifest.run("multi_similarity"), "cpu", s), tmp_path / f"{s}.json", tmp_path) for s in (0, 1)]
+    alone = sum(estimate_seconds(j) for j in jobs) / 60
+
+    def cpu_minutes(text):
+        return float(re.search(r"about (\d+) CPU-minutes", text).group(1))
+
+    assert cpu_minutes(plan(jobs, 1)) == round(alone)
+    assert cpu_minutes(plan(jobs, 2)) == round(alone * SIDE_BY_SIDE_SLOWDOWN)
