@@ -4,7 +4,8 @@ The frozen blocks before `cache_from_block` are run over `cache_views` augmented
 every training image and the plain view of every test image; the float16 activations go
 to `cache_dir()` (`$DML_CACHE`, default `<repository>/runs/cache`) under a key of the
 settings that determine them, built once under a file lock when several runs ask at the
-same time. Runs with `validation_classes` add the held-out classes' plain-view
+same time. A cache with more views extends an existing one with fewer (each view has its
+own seeded generator, so the first views are the same). Runs with `validation_classes` add the held-out classes' plain-view
 activations beside it (`_validation_activations`). The training loop (`dmlutils.engine`)
 reads the cache; this module knows nothing of the loop.
 """
@@ -104,20 +105,39 @@ def activation_cache(config: dict, model: nn.Module, train_aug, test, progress: 
         return _build_activation_cache(config, model, train_aug, test, path, progress)
 
 
+def _cache_with_fewer_views(config: dict, train, test) -> dict | None:
+    """The largest existing cache of the same settings with fewer views, or None. View v
+    of a seed is drawn from its own generator (seed * 1000 + v), so a cache of V views
+    holds exactly the first V views of any larger one: a larger cache extends it."""
+    for fewer in range(config["cache_views"] - 1, 0, -1):
+        path = activation_cache_path({**config, "cache_views": fewer}, train, test)
+        if path.exists():
+            with file_lock(path):
+                return torch.load(path, map_location="cpu", weights_only=True)
+    return None
+
+
 def _build_activation_cache(config, model, train_aug, test, path: Path, progress: bool) -> dict:
     block, views = config["cache_from_block"], config["cache_views"]
     prefix = _frozen_prefix(model, config)
     started = time.perf_counter()
-    train_views = [
+    smaller = _cache_with_fewer_views(config, train_aug, test)
+    reused = smaller["train"].shape[1] if smaller is not None else 0
+    train_views = [smaller["train"][:, v] for v in range(reused)] + [
         _prefix_activations(prefix, train_aug, block, 32, config["num_workers"], config["seed"] * 1000 + v, f"cache: train view {v + 1}/{views}", progress)
-        for v in range(views)
+        for v in range(reused, views)
     ]
+    if smaller is None:
+        test_activations = _prefix_activations(prefix, test, block, 32, config["num_workers"], config["seed"], "cache: test", progress)
+    else:
+        test_activations = smaller["test"]
     cache = {
         "train": torch.stack(train_views, dim=1),  # (N, V, C, H, W)
-        "test": _prefix_activations(prefix, test, block, 32, config["num_workers"], config["seed"], "cache: test", progress),
+        "test": test_activations,
         "train_labels": torch.as_tensor(np.asarray(train_aug.labels)),
         "test_labels": torch.as_tensor(np.asarray(test.labels)),
-        "seconds": time.perf_counter() - started,
+        # the whole cost of its content: this build, plus the build of the views it reused
+        "seconds": time.perf_counter() - started + (float(smaller["seconds"]) if smaller is not None else 0.0),
     }
     atomic_write_bytes(path, lambda f: torch.save(cache, f))
     return cache

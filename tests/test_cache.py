@@ -77,3 +77,25 @@ def test_the_cache_command_builds_the_cache_a_run_then_reads(tmp_path, monkeypat
     assert len(list((tmp_path / "cache").glob("activations-*.pt"))) == 2  # another seed, other views
     assert cli(["cache", "--profile", "cpu", "--root", str(root), "--set", "cache_views=0"]) == 2
     assert "no activation cache to build" in capsys.readouterr().err
+
+
+def test_a_cache_with_more_views_extends_the_one_with_fewer_and_equals_a_fresh_build(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    make_cub(root, classes_per_split=2, images_per_class=3)
+    three = {**tiny_cpu_config(), "cache_views": 3}
+    train, test = engine.build_datasets(three, root)
+    model = engine.build_model(three)
+
+    monkeypatch.setenv("DML_CACHE", str(tmp_path / "fresh"))
+    fresh = activation_cache_module.activation_cache(three, model, train, test, progress=False)
+
+    monkeypatch.setenv("DML_CACHE", str(tmp_path / "extended"))
+    one = activation_cache_module.activation_cache(tiny_cpu_config(), model, train, test, progress=False)
+    drawn = []
+    real = activation_cache_module._prefix_activations
+    monkeypatch.setattr(activation_cache_module, "_prefix_activations", lambda *a, **k: drawn.append(a[5]) or real(*a, **k))
+    extended = activation_cache_module.activation_cache(three, model, train, test, progress=False)
+    assert drawn == [1, 2]  # only the two missing views' generators (seed 0 * 1000 + v), no test pass
+    assert torch.equal(extended["train"][:, 0], one["train"][:, 0])
+    assert torch.equal(extended["train"], fresh["train"]) and torch.equal(extended["test"], fresh["test"])
+    assert extended["seconds"] >= one["seconds"]
