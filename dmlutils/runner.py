@@ -78,7 +78,20 @@ def estimate_cache_seconds(config: dict) -> float:
     return images * _CACHE_SECONDS_PER_IMAGE * (config["image_size"] / 224) ** 2
 
 
-def _worker_init() -> None:
+def _exit_with_parent(parent: int) -> None:
+    while True:
+        time.sleep(2)
+        if os.getppid() != parent:
+            # The runner was killed: stop, rather than race a restarted runner's workers for
+            # the same checkpoints and records.
+            os._exit(1)
+
+
+def _worker_init(runner: int) -> None:
+    import threading
+
+    # The runner's pid is passed in, not read here: it may have died while this worker started.
+    threading.Thread(target=_exit_with_parent, args=(runner,), daemon=True).start()
     import torch
 
     torch.set_num_threads(1)
@@ -137,7 +150,7 @@ def run_jobs(jobs: list[Job], processes: int = 1, progress: bool = True, echo=pr
         return results
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the workers before torch loads there
     context = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_worker_init) as pool:
+    with futures.ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
         pending = [pool.submit(_run, job) for job in todo]
         bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
         for future in futures.as_completed(pending):

@@ -1,0 +1,62 @@
+"""dmlutils.runner: side-by-side runs do not outlive the runner that started them."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RUNNER = """
+import sys
+from pathlib import Path
+from dmlutils.profiles import make_config
+from dmlutils.runner import Job, run_jobs
+out = Path(sys.argv[1])
+config = make_config("smoke", "multi_similarity", {"iterations": 100000, "eval_every": 100000})
+run_jobs([Job(f"long {i}", {**config, "seed": i}, out / f"{i}.json", out / f"run{i}") for i in range(2)], processes=2, progress=False)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in result.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "State:\tZ" not in status.read_text()
+    except FileNotFoundError:
+        return False
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_stop_when_the_runner_is_killed(tmp_path):
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER, str(tmp_path)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    workers = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(workers) < 2:
+            time.sleep(1)
+            workers = [p for p in _children(runner.pid) if _is_worker(p)]
+        assert len(workers) >= 2, "the runner did not start its two workers"
+        time.sleep(1)  # kill it early: a worker may still be importing torch
+        runner.send_signal(signal.SIGKILL)  # no clean-up in the runner at all
+        runner.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.5)
+        assert not any(_alive(p) for p in workers), "a worker outlived the runner"
+    finally:  # nothing left behind, whatever happened
+        runner.kill()
+        for p in workers:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
