@@ -349,6 +349,46 @@ def recipe_comparison(steps: int, compile_steps: int, warmup: int, eval_images: 
     return out
 
 
+def _profile_step_seconds(steps: int, warmup: int, start=None) -> float:
+    """Median seconds of the current cpu profile's MS step (channels-last, 1 thread), after
+    waiting at `start` (a barrier shared with a twin process) if given."""
+    torch.set_num_threads(1)
+    config = make_config("cpu", "multi_similarity")
+    torch.manual_seed(0)
+    model = build_model(config)
+    shape = activation_shape(model, config)
+    if config.get("feature_crop"):
+        shape = (shape[0], config["feature_crop"], config["feature_crop"])
+    if start is not None:
+        start.wait()
+    return time_step_variants(model, config, shape, steps, warmup, 0, ("channels_last",))["channels_last"]["seconds_per_step_median"]
+
+
+def _twin(steps: int, warmup: int, start, results) -> None:
+    results.put(_profile_step_seconds(steps, warmup, start))
+
+
+def side_by_side(steps: int, warmup: int) -> dict:
+    """The cpu profile's step alone (one process, one thread), then two processes stepping
+    at once, one thread each, as `make results-cpu` runs them: the slowdown the runner's
+    estimates use (`dmlutils.runner.SIDE_BY_SIDE_SLOWDOWN`)."""
+    import multiprocessing
+
+    alone = _profile_step_seconds(steps, warmup)
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(2), context.Queue()
+    twins = [context.Process(target=_twin, args=(steps, warmup, start, results)) for _ in range(2)]
+    for twin in twins:
+        twin.start()
+    both = [results.get(timeout=1800) for _ in twins]
+    for twin in twins:
+        twin.join()
+    from dmlutils.runner import SIDE_BY_SIDE_SLOWDOWN
+
+    return {"steps": steps, "alone_seconds_per_step": alone, "side_by_side_seconds_per_step": both,
+            "slowdown": statistics.mean(both) / alone, "runner_assumes": SIDE_BY_SIDE_SLOWDOWN}
+
+
 def time_online_step(steps: int, warmup: int, size: int = 224) -> dict:
     """One MS step that fine-tunes the whole EfficientNet-Lite0 on 80 images at 224 px (the
     paper's manner, no cache; images already decoded): the cost of a flagship online run."""
@@ -399,9 +439,12 @@ def run(losses, steps: int, other_steps: int, warmup: int, small: bool, root=Non
     cache_build = time_cache_build(model, config, root, cache_train, cache_test)
     print("  step variants, FLOPs and matmul throughput at each recipe", file=sys.stderr)
     recipes = recipe_comparison(steps=2 if small else 6, compile_steps=1 if small else 3, warmup=0 if small else 1, eval_images=16 if small else 256)
+    print("  the step alone, then two processes side by side", file=sys.stderr)
+    twins = side_by_side(steps=2 if small else 10, warmup=0 if small else 2)
     report = {
         "benchmark": "engine: the cpu profile's training step, evaluation and activation cache",
         "recipes": recipes,
+        "side_by_side": twins,
         "small": small,
         "profile": "cpu",
         "cache_from_block": config["cache_from_block"],
@@ -491,6 +534,13 @@ def markdown(report: dict) -> str:
             lines += ["", f"For comparison, one step that fine-tunes the whole backbone online on 80 images of {online['image_size']} px (the "
                       f"paper's manner, no cache, decoding not counted): {online['seconds_per_step_median']:.1f} s on 1 thread, "
                       f"{online['step_gflop']:.0f} GFLOP; 1,000 steps would take {online['projected_hours_per_1000_steps']:.1f} hours."]
+    twins = report.get("side_by_side")
+    if twins:
+        lines += ["", f"Two runs side by side (one thread each, as `make results-cpu` runs them): the cpu profile's step takes "
+                  f"{twins['alone_seconds_per_step']:.2f} s alone and "
+                  + " and ".join(f"{t:.2f}" for t in twins["side_by_side_seconds_per_step"])
+                  + f" s in the two processes at once: {twins['slowdown']:.2f}x (the runner's estimates assume "
+                  f"{twins['runner_assumes']:.2f}x)."]
     records = report.get("from_run_records")
     if records:
         cache_min = records["cache_seconds_median"]

@@ -149,6 +149,9 @@ def test_engine_report_measures_the_cpu_profile(suite):
     assert ms["projected_training_seconds"] == pytest.approx(400 * ms["seconds_per_step_median"])
     evaluation = report["evaluation"]
     assert evaluation["seconds"] == pytest.approx(evaluation["embed_seconds"] + evaluation["metrics_seconds"])
+    twins = report["side_by_side"]  # two processes really ran, each timing its own steps
+    assert len(twins["side_by_side_seconds_per_step"]) == 2 and all(t > 0 for t in twins["side_by_side_seconds_per_step"])
+    assert twins["slowdown"] == pytest.approx(sum(twins["side_by_side_seconds_per_step"]) / 2 / twins["alone_seconds_per_step"])
     cache = report["cache_build"]
     if "skipped" in cache:
         pytest.skip(cache["skipped"])
