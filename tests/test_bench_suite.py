@@ -26,7 +26,15 @@ import run_all  # noqa: E402
 
 from dmlutils.losses import LOSSES  # noqa: E402
 
-CUB_TRAIN, CUB_TEST, VIEWS = 5_864, 5_924, 5  # the cpu profile's cache: 5 views of each training image + the test images
+from dmlutils.profiles import PROFILES  # noqa: E402
+
+CUB_TRAIN, CUB_TEST = 5_864, 5_924
+CPU = PROFILES["cpu"]
+VIEWS = CPU["cache_views"]  # the cpu profile's cache: its views of each training image + the test images
+# Channels entering EfficientNet-Lite0's block 8 (the 80-channel stage's output) and block 11
+# (the 112-channel stage's), both at stride 16.
+CACHED_CHANNELS = {8: 80, 11: 112}
+MAP_SIDE = -(-CPU["image_size"] // 16)
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +148,8 @@ def test_growth_report_fits_match_numpy_on_its_own_points(suite):
 def test_engine_report_measures_the_cpu_profile(suite):
     _, _, reports = suite
     report = reports["engine"]["report"]
-    # EfficientNet-Lite0: block 11 is the first of the 192-channel stage, so it receives the
-    # 112-channel output of block 10 at stride 16 of the 144-px crop.
-    assert report["activation_shape"] == [112, 144 // 16, 144 // 16]
+    # The activations entering the profile's first trained block, at stride 16 of its crop.
+    assert report["activation_shape"] == [CACHED_CHANNELS[CPU["cache_from_block"]], MAP_SIDE, MAP_SIDE]
     ms = report["training"]["multi_similarity"]
     assert ms["batch"] == 80 and ms["steps"] >= 1
     assert ms["iterations_per_s"] == pytest.approx(1 / ms["seconds_per_step_median"])
@@ -155,10 +162,11 @@ def test_engine_report_measures_the_cpu_profile(suite):
     cache = report["cache_build"]
     if "skipped" in cache:
         pytest.skip(cache["skipped"])
-    assert cache["full_cache_images"] == VIEWS * CUB_TRAIN + CUB_TEST == 35_244
+    full = VIEWS * CUB_TRAIN + CUB_TEST
+    assert cache["full_cache_images"] == full
     assert cache["images"] == cache["views"] * cache["train_images"] + cache["test_images"]
-    assert cache["projected_full_cache_seconds"] == pytest.approx(35_244 * cache["seconds"] / cache["images"])
-    assert cache["full_cache_bytes"] == 35_244 * 112 * 9 * 9 * 2  # float16
+    assert cache["projected_full_cache_seconds"] == pytest.approx(full * cache["seconds"] / cache["images"])
+    assert cache["full_cache_bytes"] == full * CACHED_CHANNELS[CPU["cache_from_block"]] * MAP_SIDE**2 * 2  # float16
 
 
 def test_data_and_model_reports_have_their_rows(suite):
