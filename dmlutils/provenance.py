@@ -70,7 +70,9 @@ def code_version() -> dict:
 
 
 def git_commit() -> dict:
-    """The commit this code runs from (and whether the tree had uncommitted changes)."""
+    """The commit this code runs from, and whether the tree had uncommitted changes outside
+    `results/` (records and reports are what runs write, not code: a study that rewrites its
+    own selections does not make the code it runs uncommitted)."""
     def run(*args):
         return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
 
@@ -78,7 +80,7 @@ def git_commit() -> dict:
         head = run("rev-parse", "HEAD")
         if head.returncode != 0:
             return {"commit": "unknown", "dirty": None}
-        status = run("status", "--porcelain", "--untracked-files=no")
+        status = run("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
         return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "dirty": None}

@@ -147,3 +147,25 @@ def test_no_json_under_results_holds_a_path_of_the_machine_that_wrote_it():
         "`python -c 'from dmlutils.records import strip_machine_paths_in; strip_machine_paths_in()'`): "
         f"{offending}"
     )
+
+
+def test_a_changed_record_does_not_make_the_code_dirty_but_changed_code_does(tmp_path, monkeypatch):
+    import subprocess
+
+    from dmlutils import provenance
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "r.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+    monkeypatch.setattr(provenance, "REPO_ROOT", tmp_path)
+    assert provenance.git_commit()["dirty"] is False
+    (tmp_path / "results" / "r.json").write_text('{"rewritten": true}')
+    assert provenance.git_commit()["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert provenance.git_commit()["dirty"] is True
