@@ -1,7 +1,8 @@
 """Decode + augment throughput of the CUB loader, in images per second.
 
-For the cpu profile's pipeline (EfficientNet-Lite0, 144-px crops of the 160-px copy)
-and the paper's (BN-Inception, resize 256 -> 227 crops), with 0, 1 and 2 DataLoader
+For the cpu profile's pipeline (EfficientNet-Lite0 at the profile's resize and crop, e.g.
+224-px crops of the 160-px copy resized to 256) and the paper's (BN-Inception, resize 256
+-> 227 crops), with 0, 1 and 2 DataLoader
 workers. Times a full pass over an evenly spread subset of the training split, after
 reading the files once so that the disk cache does not favour later rows. Worker
 start-up is included (it is part of every epoch unless persistent_workers=True).
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader, Subset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from dmlutils.data import CUB200, TRANSFORM_SPECS, get_transforms  # noqa: E402
+from dmlutils.profiles import PROFILES  # noqa: E402
 
 # (profile, transform pipeline) pairs measured; sizes are the pipelines' defaults.
 PIPELINES = (("cpu", "efficientnet_lite0"), ("paper", "bninception"))
@@ -54,9 +56,9 @@ def run_benchmark(
     default_threads = torch.get_num_threads()
     try:
         for profile, pipeline in pipelines:
-            transform = get_transforms(pipeline, train=True)
-            dataset.transform = transform
-            crop = TRANSFORM_SPECS[pipeline].crop
+            settings = PROFILES[profile]
+            crop = settings.get("image_size", TRANSFORM_SPECS[pipeline].crop)
+            dataset.transform = get_transforms(pipeline, train=True, resize=settings.get("resize_size"), crop=crop)
             for num_workers in workers:
                 # DataLoader workers run torch with one thread each; without workers the
                 # transforms run in this process with its thread count -- measured both ways,

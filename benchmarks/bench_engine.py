@@ -9,9 +9,9 @@ _FromCachedBlock, embed, test_metrics, activation_cache):
 1. training iterations/s: one P x K = 16 x 5 batch of cached activations gathered by
    `_Feeder` + forward from block 11 + loss + backward + Adam step, for each loss asked
    for. The activations are synthetic (random float16 of the real shape, read from the
-   model by running `forward_until_block` on one 144 x 144 image), so no cache file is
-   needed; only the loss's pair mining could depend on their values, and it is a small
-   share of a step.
+   model by running `forward_until_block` on one image of the profile's size), so no
+   cache file is needed; only the loss's pair mining could depend on their values, and
+   it is a small share of a step.
 2. evaluation: embedding the 5,924 test images' cached activations + Recall@K / MAP@R.
 3. cache build: `activation_cache` itself (decode + augment in a DataLoader worker,
    the frozen BN-folded prefix, saving to a temporary $DML_CACHE) on an evenly spread

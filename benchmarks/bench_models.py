@@ -5,7 +5,8 @@ Measures
    1 / 8 / 32, with and without channels_last memory format and BatchNorm folded
    into the convolutions;
 2. the time to compute the activations entering block 8 and block 11 (what the
-   cpu profile caches once before fine-tuning the later blocks) for N images.
+   cpu profile caches once before fine-tuning the later blocks) for N images at the
+   cpu profile's input size.
 
 Prints a Markdown table; `--out file.json` also writes every number with the
 environment it was measured in. `--small` runs a seconds-long version (tiny images,
@@ -30,6 +31,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
 from dmlutils.models.efficientnet_lite import efficientnet_lite0  # noqa: E402
+from dmlutils.profiles import PROFILES  # noqa: E402
 
 
 def images_per_second(model, batch: torch.Tensor, min_seconds: float,
@@ -148,7 +150,8 @@ def main(argv=None) -> dict:
                         help="minimum timed seconds per forward configuration")
     parser.add_argument("--cache-images", type=int, default=256,
                         help="images whose block-8/11 activations are timed")
-    parser.add_argument("--cache-size", type=int, default=144)
+    parser.add_argument("--cache-size", type=int, default=PROFILES["cpu"]["image_size"],
+                        help="input side for the activation timing (default: the cpu profile's)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", help="also write the numbers to this JSON file")
