@@ -50,11 +50,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DML_CACHE", REPO_ROOT / "runs" / "cache"))
 
 
+# The settings that build an activation cache: runs that agree on them share one cache
+# (its file name, and the cost tables that count each cache once, use them).
+CACHE_SETTINGS = ("data", "backbone", "pretrained", "image_size", "resize_size", "transform", "cache_views", "cache_from_block", "seed")
+
+
+def cache_settings(config: dict) -> tuple:
+    """The (setting, value) pairs that identify a run's activation cache."""
+    return tuple((k, config.get(k)) for k in CACHE_SETTINGS)
+
+
 def _cache_key(config: dict, train, test) -> str:
-    identity = {
-        k: config[k]
-        for k in ("data", "backbone", "pretrained", "image_size", "resize_size", "transform", "cache_views", "cache_from_block", "seed")
-    }
+    identity = {k: config[k] for k in CACHE_SETTINGS}
     identity["train"] = [len(train), str(getattr(train, "root", ""))]
     identity["test"] = [len(test), str(getattr(test, "root", ""))]
     identity["version"] = 1

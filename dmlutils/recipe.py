@@ -154,6 +154,7 @@ def matrix_hours(recipe: dict, processes: int = MATRIX_PROCESSES) -> float:
     """Estimated wall-clock hours of the run manifest's declared runs under a recipe,
     `processes` side by side, plus one activation cache per seed and input pipeline."""
     from . import manifest
+    from .cache import cache_settings
     from .runner import SIDE_BY_SIDE_SLOWDOWN, Job, estimate_cache_seconds, estimate_seconds
 
     seconds, caches = 0.0, {}
@@ -163,8 +164,7 @@ def matrix_hours(recipe: dict, processes: int = MATRIX_PROCESSES) -> float:
         for seed in manifest.declared_seeds(entry, PROFILE):
             config = _profile_config(recipe, entry.overrides, entry.loss or LOSS, seed)
             seconds += estimate_seconds(Job(entry.name, config, None, None, entry.kind))
-            identity = tuple(config[k] for k in ("image_size", "resize_size", "cache_views", "cache_from_block", "seed"))
-            caches[identity] = estimate_cache_seconds(config)
+            caches[cache_settings(config)] = estimate_cache_seconds(config)
     slowdown = SIDE_BY_SIDE_SLOWDOWN if processes > 1 else 1.0  # the cache time was measured side by side already
     return (seconds * slowdown + sum(caches.values())) / 3600 / processes
 

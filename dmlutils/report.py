@@ -136,14 +136,14 @@ def cpu_seconds(loaded: dict[str, dict[int, dict]]) -> dict:
     """What the records cost on one thread each: the runs' wall time (training and
     evaluations) and the activation caches they share, each counted once (a cache is
     identified by the settings that build it)."""
+    from .cache import cache_settings
+
     runs, caches = 0.0, {}
     for by_seed in loaded.values():
         for record in by_seed.values():
             runs += float(record.get("wall_time_seconds", 0.0))
             if record.get("cache_seconds"):
-                c = record["config"]
-                key = tuple(c.get(k) for k in ("image_size", "resize_size", "cache_from_block", "cache_views", "seed"))
-                caches[key] = float(record["cache_seconds"])
+                caches[cache_settings(record["config"])] = float(record["cache_seconds"])
     return {"runs": runs, "caches": sum(caches.values()), "cache_count": len(caches), "total": runs + sum(caches.values())}
 
 
