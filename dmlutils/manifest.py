@@ -57,6 +57,9 @@ def _sweep(group: str, key: str, values, default, name: str, seeds_at=()) -> lis
 
 
 RUNS: list[Run] = [
+    # One seed: the baseline has no head, no sampler and no augmentation (plain test views
+    # through the pretrained backbone), so at the cpu and paper profiles every seed gives
+    # the same record.
     Run("baseline", None, group="main"),
     # MS first: a chapter that trains what is missing (Colab with a GPU) makes its record first.
     *[Run(loss, loss, {}, THREE_SEEDS, "main") for loss in [MS, *(name for name in LOSSES if name != MS)]],
