@@ -114,7 +114,8 @@ def provenance(record: dict) -> str:
 
 def load_study(profile: str, loss: str, results_dir=None) -> dict:
     """A loss's setting study (dmlutils.studies): {"validation": {setting: record},
-    "selection": the choice or None, "tuned": the chosen setting's test record or None}."""
+    "selection": the choice or None, "tuned": the chosen setting's test record or None},
+    each only if made under the profile's current version."""
     from .studies import study, study_dir, tuned_record_path
 
     results = Path(results_dir or DEFAULT_RESULTS)
@@ -125,7 +126,8 @@ def load_study(profile: str, loss: str, results_dir=None) -> dict:
         if not path.exists():
             return None
         record = json.loads(path.read_text())
-        return record if "final" in record or "chosen" in record else None
+        finished = "final" in record or "chosen" in record
+        return record if finished and _current(record, profile) else None
 
     validation = {name: read(folder / f"{name}.json") for name in study(loss)}
     selection = read(folder / "selection.json")
@@ -149,9 +151,17 @@ def load_validation_runs(profile: str, results_dir=None) -> dict[str, dict]:
     found = {}
     for name in ("baseline", REFERENCE):
         path = study_dir(Path(results_dir or DEFAULT_RESULTS), profile, name).with_suffix(".json")
-        if path.exists():
-            found[name] = json.loads(path.read_text())
+        if path.exists() and _current(record := json.loads(path.read_text()), profile):
+            found[name] = record
     return found
+
+
+def _current(record: dict, profile: str) -> bool:
+    """Whether a record (or a study's selection) was made under the profile's current
+    version: a table never shows an older version's records beside the current ones."""
+    from .profiles import PROFILE_VERSIONS
+
+    return record.get("profile_version", 1) == PROFILE_VERSIONS[profile]
 
 
 # --- no paths of the machine that made a record -------------------------------------------

@@ -20,7 +20,6 @@ Records that exist are reused; interrupted runs resume from their checkpoints.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from pathlib import Path
 
 # Classes held out per profile: of CUB's 100 training classes the last 20 (labels 80-99);
@@ -89,23 +88,13 @@ def select(records: dict[str, dict]) -> tuple[str, dict[str, float]]:
     return next(name for name, score in scores.items() if score == best), scores
 
 
-def _same_run(record_path: Path, config: dict) -> bool:
-    """Whether a finished record was trained with exactly `config` (records made before a
-    setting existed lack it: they ran with its default)."""
-    from .provenance import _jsonable
-    from .profiles import PROFILES
+def _reusable(record_path: Path, config: dict) -> dict | None:
+    """The record at `record_path` if it is finished, of the profile's current version and
+    made with exactly `config` (`manifest.valid_record`); a study reuses nothing else, so a
+    new profile version re-runs every study."""
+    from .manifest import valid_record
 
-    if not record_path.exists():
-        return False
-    record = json.loads(record_path.read_text())
-    if "final" not in record:
-        return False
-
-    def as_json(value):
-        return json.loads(json.dumps(value, default=_jsonable))
-
-    recorded = {**as_json(PROFILES[config["profile"]]), **record["config"]}
-    return recorded == as_json(config)
+    return valid_record(record_path, config)
 
 
 def validation_baseline(profile: str = "cpu", results="results", root=None, device=None) -> dict:
@@ -114,9 +103,9 @@ def validation_baseline(profile: str = "cpu", results="results", root=None, devi
     from .profiles import make_config
 
     path = study_dir(results, profile, "baseline").with_suffix(".json")
-    if path.exists():
-        return json.loads(path.read_text())
     config = make_config(profile, "multi_similarity", {"validation_classes": VALIDATION_CLASSES[profile]})
+    if record := _reusable(path, config):
+        return record
     return engine.baseline(config, root=root, record_path=path, device=device, progress=False)
 
 
@@ -127,9 +116,9 @@ def validation_reference(profile: str = "cpu", results="results", runs="runs", r
     from .profiles import make_config
 
     path = study_dir(results, profile, REFERENCE).with_suffix(".json")
-    if path.exists():
-        return json.loads(path.read_text())
     config = make_config(profile, REFERENCE, {"validation_classes": VALIDATION_CLASSES[profile]})
+    if record := _reusable(path, config):
+        return record
     run_dir = Path(runs) / profile / "study" / REFERENCE
     return engine.train(config, run_dir, resume=True, root=root, record_path=path, progress=progress, device=device)
 
@@ -138,7 +127,7 @@ def run_study(loss: str, profile: str = "cpu", results="results", runs="runs", r
     """Train every setting on validation classes, choose, train the choice for the test split."""
     from . import engine
     from .provenance import write_json
-    from .profiles import make_config
+    from .profiles import PROFILE_VERSIONS, make_config
 
     settings = study(loss)
     folder = study_dir(results, profile, loss)
@@ -147,11 +136,11 @@ def run_study(loss: str, profile: str = "cpu", results="results", runs="runs", r
     records = {}
     for name, overrides in settings.items():
         path = folder / f"{name}.json"
-        if path.exists():
-            records[name] = json.loads(path.read_text())
-            continue
         held_out = {"validation_classes": VALIDATION_CLASSES[profile]}
         config = make_config(profile, loss, {**held_out, **overrides, **(extra_overrides or {})})
+        if record := _reusable(path, config):
+            records[name] = record
+            continue
         run_dir = Path(runs) / profile / "study" / loss / name
         records[name] = engine.train(config, run_dir, resume=True, root=root, record_path=path, progress=progress, device=device)
     chosen, scores = select(records)
@@ -160,11 +149,12 @@ def run_study(loss: str, profile: str = "cpu", results="results", runs="runs", r
     from .manifest import record_path
 
     default_path = record_path(results, profile, loss, tuned_config["seed"])  # the loss's own run in the manifest
-    if not tuned_path.exists() and _same_run(default_path, tuned_config):
+    if not _reusable(tuned_path, tuned_config) and _reusable(default_path, tuned_config):
         tuned_path = default_path  # the choice is the setting of the loss's own record: no need to train it twice
     selection = {
         "loss": loss,
         "profile": profile,
+        "profile_version": PROFILE_VERSIONS[profile],
         "validation_classes": VALIDATION_CLASSES[profile],
         "criterion": f"final validation {CRITERION}",
         "scores": scores,
@@ -175,7 +165,7 @@ def run_study(loss: str, profile: str = "cpu", results="results", runs="runs", r
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(folder / "selection.json", selection)
-    if not tuned_path.exists():
+    if not _reusable(tuned_path, tuned_config):
         run_dir = Path(runs) / profile / "tuned" / loss
         engine.train(tuned_config, run_dir, resume=True, root=root, record_path=tuned_path, progress=progress, device=device)
     return selection

@@ -115,3 +115,25 @@ def test_a_default_choice_reuses_the_losses_own_record_only_when_it_ran_the_same
     selection = studies.run_study("npair", "smoke", results, tmp_path / "runs", progress=False, extra_overrides=short)
     assert selection["test_record"] == "smoke/tuned/npair.json"
     assert json.loads((results / "smoke" / "tuned" / "npair.json").read_text())["config"]["iterations"] == 4
+
+
+def test_a_new_profile_version_hides_a_study_and_runs_it_again(tmp_path, monkeypatch):
+    from dmlutils import profiles
+    from dmlutils.records import load_study
+
+    monkeypatch.setitem(studies.STUDIES, "npair", {"default": {}, "scale_10": {"loss.scale": 10.0}})
+    results, short = tmp_path / "results", {"iterations": "4", "eval_every": "2"}
+    studies.run_study("npair", "smoke", results, tmp_path / "runs", progress=False, extra_overrides=short)
+    loaded = load_study("smoke", "npair", results)
+    assert set(loaded["validation"]) == {"default", "scale_10"} and loaded["selection"] and loaded["tuned"]
+
+    monkeypatch.setitem(profiles.PROFILE_VERSIONS, "smoke", profiles.PROFILE_VERSIONS["smoke"] + 1)
+    assert load_study("smoke", "npair", results) == {"validation": {}, "selection": None, "tuned": None}
+    assert load_validation_runs("smoke", results) == {}
+    studies.run_study("npair", "smoke", results, tmp_path / "runs2", progress=False, extra_overrides=short)
+    loaded = load_study("smoke", "npair", results)
+    assert set(loaded["validation"]) == {"default", "scale_10"} and loaded["tuned"]
+    new_version = profiles.PROFILE_VERSIONS["smoke"]
+    assert all(r["profile_version"] == new_version for r in [*loaded["validation"].values(), loaded["tuned"]])
+    assert loaded["selection"]["profile_version"] == new_version
+    assert set(load_validation_runs("smoke", results)) == {"baseline", "multi_similarity"}
