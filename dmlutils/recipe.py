@@ -181,7 +181,12 @@ def read_selection(stage: str, results="results") -> dict | None:
 def final_recipe(results="results") -> dict | None:
     """The overrides the whole study chose (on top of the profile), or None if unfinished."""
     selection = read_selection(STAGES[-1][0], results)
-    return None if selection is None else selection["recipe"]
+    return None if selection is None else _recipe_of(selection)
+
+
+def _recipe_of(selection: dict) -> dict:
+    """A selection's recipe with JSON's lists back as the tuples the profile holds."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in selection["recipe"].items()}
 
 
 def run_recipe_study(results="results", runs="runs", processes: int = 1, root=None, profile: str = PROFILE, progress=True, echo=print) -> dict:
@@ -288,7 +293,7 @@ def load_study(results="results") -> dict:
         stages.append({"stage": stage, "question": question, "rows": rows, "chosen": selection["chosen"] if selection else None})
         if selection is None:
             break  # later stages depend on this one's choice
-        recipe = selection["recipe"]
+        recipe = _recipe_of(selection)
         kept_path = Path(results) / selection["records"][selection["chosen"]]
     baselines = {}
     for path in sorted((folder / "baseline").glob("*.json")):

@@ -42,7 +42,7 @@ def test_stages_choose_on_validation_keep_choices_and_reuse_records(tiny_study, 
     assert {p.stem for p in (results / "smoke/recipe/baseline").glob("*.json")} == {"32_avg", "32_max"}
     loaded = recipe.load_study(results)
     assert [s["chosen"] for s in loaded["stages"]] == [first["chosen"], second["chosen"]]
-    assert loaded["recipe"] == second["recipe"] and set(loaded["seeds"]) == {1}
+    assert json.loads(json.dumps(loaded["recipe"])) == second["recipe"] and set(loaded["seeds"]) == {1}
     assert all(row["record"] is not None for stage in loaded["stages"] for row in stage["rows"])
 
 
@@ -118,3 +118,11 @@ def test_an_open_stage_shows_its_kept_candidate_from_the_stage_before(tiny_study
     kept = json.loads((results / first["records"][first["chosen"]]).read_text())
     assert loaded["recipe"] is None and loaded["stages"][1]["chosen"] is None
     assert loaded["stages"][1]["rows"][0]["record"] == kept
+
+
+def test_the_final_recipe_reads_back_in_the_profiles_types(tiny_study, tmp_path):
+    results = tmp_path / "results"
+    recipe.run_recipe_study(results, tmp_path / "runs", processes=1, profile="smoke", echo=lambda *_: None)
+    chosen = recipe.final_recipe(results)
+    assert chosen == recipe.load_study(results)["recipe"]
+    assert isinstance(chosen["lr_milestones"], tuple)  # JSON holds a list; the profile, a tuple
