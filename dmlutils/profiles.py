@@ -13,6 +13,11 @@ that lists the valid ones.
           of every training image and cached; training fine-tunes the remaining blocks
           and the embedding head on those cached activations, picking one view per image
           per step. BatchNorm frozen throughout (statistics of ImageNet).
+          Version 2 is the recipe the study of `dmlutils.recipe` chose on held-out
+          training classes: 224 px (the 160-px copy upsampled), max pooling, a cosine
+          decay from 1e-4, blocks 11-15 on 5 views with random flips, 400 iterations,
+          the test split evaluated every 100. Version 1 (144 px, average pooling, a
+          constant rate, no flips) is the study's starting point, `recipe.BASE`.
 * paper — the paper's setting (BN-Inception, 227-px crops of 256-px images, batch
           80 = 16 x 5, Adam 3e-5 with weight decay 5e-4, 3,000 iterations, lr x 0.1 at
           1,200 and 2,400, global max pooling, frozen BN). For a GPU or Colab.
@@ -107,28 +112,28 @@ PROFILES: dict[str, dict] = {
         data="cub200",
         backbone="efficientnet_lite0",
         pretrained=True,
-        image_size=144,
-        resize_size=160,
+        image_size=224,
+        resize_size=256,
         transform="efficientnet_lite0",
         embedding_dim=512,
-        pooling="avg",
+        pooling="max",
         freeze_bn=True,
         p=16,
         k=5,
         iterations=400,
-        eval_every=50,
+        eval_every=100,
         optimizer="adam",
         lr=1e-4,
         head_lr=1e-4,
         weight_decay=5e-4,
         lr_milestones=(),
         lr_gamma=0.1,
-        lr_schedule="step",
+        lr_schedule="cosine",
         warmup_iterations=0,
         cache_views=5,
         cache_from_block=11,
         feature_crop=0,
-        feature_flip=False,
+        feature_flip=True,
         xbm_size=0,
         xbm_start=0,
         validation_classes=0,
@@ -186,7 +191,7 @@ PROFILES: dict[str, dict] = {
 }
 
 # Bumped whenever a profile's settings change; records carry it as `profile_version`.
-PROFILE_VERSIONS = {"smoke": 1, "cpu": 1, "paper": 1}
+PROFILE_VERSIONS = {"smoke": 1, "cpu": 2, "paper": 1}
 LR_SCHEDULES = ("step", "cosine")
 AMP_MODES = ("off", "bf16", "fp16")
 # The input pipeline (dmlutils.data.transforms) of each pretrained backbone.
