@@ -287,7 +287,8 @@ def load_study(results="results") -> dict:
             else:  # an open stage: its kept candidate is the record the stage before chose
                 path = kept_path if (not change and kept_path) else folder / stage / f"{name}.json"
             hours = matrix_hours({**recipe, **change})
-            rows.append({"candidate": name, "change": describe(change), "record": read(path),
+            changed = {k: v for k, v in change.items() if recipe.get(k) != v}  # e.g. a length's schedule, unchanged
+            rows.append({"candidate": name, "change": describe(changed), "record": read(path),
                          "run_minutes": run_minutes({**recipe, **change}), "matrix_hours": hours,
                          "eligible": hours <= MATRIX_BUDGET_HOURS})
         stages.append({"stage": stage, "question": question, "rows": rows, "chosen": selection["chosen"] if selection else None})
