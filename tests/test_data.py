@@ -712,7 +712,10 @@ def test_benchmark_runs_and_reports_every_configuration(tmp_path):
     assert {"root", "num_images", "batch_size", "cpu_count", "torch_threads", "rows"} <= set(result)
     rows = result["rows"]
     workers_expected = [0] * len({1, torch.get_num_threads()}) + [1]
-    for pipeline, crop in (("efficientnet_lite0", 144), ("bninception", 227)):
+    from dmlutils.profiles import PROFILES
+
+    # each pipeline at its profile's crop (the cpu profile's 224, the paper's 227)
+    for pipeline, crop in (("efficientnet_lite0", PROFILES["cpu"]["image_size"]), ("bninception", PROFILES["paper"]["image_size"])):
         mine = [r for r in rows if r["pipeline"] == pipeline]
         assert [r["workers"] for r in mine] == workers_expected
         for row in mine:
