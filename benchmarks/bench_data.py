@@ -1,9 +1,8 @@
 """Decode + augment throughput of the CUB loader, in images per second.
 
-For the cpu profile's pipeline (EfficientNet-Lite0 at the profile's resize and crop, e.g.
-224-px crops of the 160-px copy resized to 256) and the paper's (BN-Inception, resize 256
--> 227 crops), with 0, 1 and 2 DataLoader
-workers. Times a full pass over an evenly spread subset of the training split, after
+For the cpu profile's pipeline (EfficientNet-Lite0: 224-px crops of the 160-px copy
+resized to 256) and the paper's (BN-Inception: 227-px crops of 256), each at its
+profile's sizes, with 0, 1 and 2 DataLoader workers. Times a full pass over an evenly spread subset of the training split, after
 reading the files once so that the disk cache does not favour later rows. Worker
 start-up is included (it is part of every epoch unless persistent_workers=True).
 Workers run torch with one thread each; without workers the transforms run in the
@@ -31,10 +30,10 @@ from torch.utils.data import DataLoader, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from dmlutils.data import CUB200, TRANSFORM_SPECS, get_transforms  # noqa: E402
+from dmlutils.data import CUB200, get_transforms  # noqa: E402
 from dmlutils.profiles import PROFILES  # noqa: E402
 
-# (profile, transform pipeline) pairs measured; sizes are the pipelines' defaults.
+# (profile, transform pipeline) pairs measured, at the profile's resize and crop sizes.
 PIPELINES = (("cpu", "efficientnet_lite0"), ("paper", "bninception"))
 ROW_KEYS = ("profile", "pipeline", "crop", "workers", "threads", "images", "seconds", "images_per_s")
 
@@ -57,8 +56,8 @@ def run_benchmark(
     try:
         for profile, pipeline in pipelines:
             settings = PROFILES[profile]
-            crop = settings.get("image_size", TRANSFORM_SPECS[pipeline].crop)
-            dataset.transform = get_transforms(pipeline, train=True, resize=settings.get("resize_size"), crop=crop)
+            crop = settings["image_size"]
+            dataset.transform = get_transforms(pipeline, train=True, resize=settings["resize_size"], crop=crop)
             for num_workers in workers:
                 # DataLoader workers run torch with one thread each; without workers the
                 # transforms run in this process with its thread count -- measured both ways,

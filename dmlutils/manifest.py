@@ -129,13 +129,13 @@ def _as_json(value):
 def valid_record(path: Path, config: dict) -> dict | None:
     """The record at `path` if it is finished, of the profile's current version and made
     with exactly `config` (ignoring settings that do not change a result); else None."""
-    from .profiles import PROFILE_VERSIONS
+    from .records import is_current
 
     path = Path(path)
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    if "final" not in record or record.get("profile_version", 1) != PROFILE_VERSIONS[config["profile"]]:
+    if "final" not in record or not is_current(record, config["profile"]):
         return None
     from .profiles import PROFILES
 

@@ -127,7 +127,7 @@ def load_study(profile: str, loss: str, results_dir=None) -> dict:
             return None
         record = json.loads(path.read_text())
         finished = "final" in record or "chosen" in record
-        return record if finished and _current(record, profile) else None
+        return record if finished and is_current(record, profile) else None
 
     validation = {name: read(folder / f"{name}.json") for name in study(loss)}
     selection = read(folder / "selection.json")
@@ -151,12 +151,12 @@ def load_validation_runs(profile: str, results_dir=None) -> dict[str, dict]:
     found = {}
     for name in ("baseline", REFERENCE):
         path = study_dir(Path(results_dir or DEFAULT_RESULTS), profile, name).with_suffix(".json")
-        if path.exists() and _current(record := json.loads(path.read_text()), profile):
+        if path.exists() and is_current(record := json.loads(path.read_text()), profile):
             found[name] = record
     return found
 
 
-def _current(record: dict, profile: str) -> bool:
+def is_current(record: dict, profile: str) -> bool:
     """Whether a record (or a study's selection) was made under the profile's current
     version: a table never shows an older version's records beside the current ones."""
     from .profiles import PROFILE_VERSIONS

@@ -88,23 +88,15 @@ def select(records: dict[str, dict]) -> tuple[str, dict[str, float]]:
     return next(name for name, score in scores.items() if score == best), scores
 
 
-def _reusable(record_path: Path, config: dict) -> dict | None:
-    """The record at `record_path` if it is finished, of the profile's current version and
-    made with exactly `config` (`manifest.valid_record`); a study reuses nothing else, so a
-    new profile version re-runs every study."""
-    from .manifest import valid_record
-
-    return valid_record(record_path, config)
-
-
 def validation_baseline(profile: str = "cpu", results="results", root=None, device=None) -> dict:
     """The pretrained features on the held-out classes: the floor of a study's table."""
     from . import engine
+    from .manifest import valid_record
     from .profiles import make_config
 
     path = study_dir(results, profile, "baseline").with_suffix(".json")
     config = make_config(profile, "multi_similarity", {"validation_classes": VALIDATION_CLASSES[profile]})
-    if record := _reusable(path, config):
+    if record := valid_record(path, config):
         return record
     return engine.baseline(config, root=root, record_path=path, device=device, progress=False)
 
@@ -113,11 +105,12 @@ def validation_reference(profile: str = "cpu", results="results", runs="runs", r
     """MS loss with its paper's setting on the held-out classes: a loss that clears the
     baseline on the test classes, to show the validation classes agree."""
     from . import engine
+    from .manifest import valid_record
     from .profiles import make_config
 
     path = study_dir(results, profile, REFERENCE).with_suffix(".json")
     config = make_config(profile, REFERENCE, {"validation_classes": VALIDATION_CLASSES[profile]})
-    if record := _reusable(path, config):
+    if record := valid_record(path, config):
         return record
     run_dir = Path(runs) / profile / "study" / REFERENCE
     return engine.train(config, run_dir, resume=True, root=root, record_path=path, progress=progress, device=device)
@@ -127,8 +120,11 @@ def run_study(loss: str, profile: str = "cpu", results="results", runs="runs", r
     """Train every setting on validation classes, choose, train the choice for the test split."""
     from . import engine
     from .provenance import write_json
+    from .manifest import record_path, valid_record
     from .profiles import PROFILE_VERSIONS, make_config
 
+    # A study reuses only valid records (finished, the profile's current version, exactly
+    # these settings): a new profile version runs every study again.
     settings = study(loss)
     folder = study_dir(results, profile, loss)
     validation_baseline(profile, results, root, device)
@@ -138,7 +134,7 @@ def run_study(loss: str, profile: str = "cpu", results="results", runs="runs", r
         path = folder / f"{name}.json"
         held_out = {"validation_classes": VALIDATION_CLASSES[profile]}
         config = make_config(profile, loss, {**held_out, **overrides, **(extra_overrides or {})})
-        if record := _reusable(path, config):
+        if record := valid_record(path, config):
             records[name] = record
             continue
         run_dir = Path(runs) / profile / "study" / loss / name
@@ -146,10 +142,9 @@ def run_study(loss: str, profile: str = "cpu", results="results", runs="runs", r
     chosen, scores = select(records)
     tuned_config = make_config(profile, loss, {**settings[chosen], **(extra_overrides or {})})
     tuned_path = tuned_record_path(results, profile, loss)
-    from .manifest import record_path
-
     default_path = record_path(results, profile, loss, tuned_config["seed"])  # the loss's own run in the manifest
-    if not _reusable(tuned_path, tuned_config) and _reusable(default_path, tuned_config):
+    tuned = valid_record(tuned_path, tuned_config)
+    if tuned is None and (tuned := valid_record(default_path, tuned_config)) is not None:
         tuned_path = default_path  # the choice is the setting of the loss's own record: no need to train it twice
     selection = {
         "loss": loss,
@@ -165,7 +160,7 @@ def run_study(loss: str, profile: str = "cpu", results="results", runs="runs", r
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(folder / "selection.json", selection)
-    if not _reusable(tuned_path, tuned_config):
+    if tuned is None:
         run_dir = Path(runs) / profile / "tuned" / loss
         engine.train(tuned_config, run_dir, resume=True, root=root, record_path=tuned_path, progress=progress, device=device)
     return selection
