@@ -106,3 +106,19 @@ def test_the_plan_counts_the_slowdown_of_runs_side_by_side(tmp_path):
 
     assert cpu_minutes(plan(jobs, 1)) == round(alone)
     assert cpu_minutes(plan(jobs, 2)) == round(alone * SIDE_BY_SIDE_SLOWDOWN)
+
+
+def test_the_cpu_baseline_is_the_same_record_at_every_seed(shared_data_root):
+    """Why the manifest gives the baseline one seed: at the cpu profile it has pretrained
+    weights and no head, sampler or augmentation, so a seed changes nothing it computes.
+    (At the smoke profile the synthetic images themselves depend on the seed.)"""
+    from dmlutils.engine import baseline
+    from dmlutils.profiles import make_config
+
+    records = [baseline(make_config("cpu", overrides={"seed": seed, "max_classes": 2}), root=shared_data_root, device="cpu", progress=False)
+               for seed in (0, 1)]
+    assert records[0]["evaluated_on"]["classes"] == 2
+    assert records[0]["final"] == records[1]["final"]
+    assert records[0]["data"] == records[1]["data"]
+    smoke = [baseline(make_config("smoke", overrides={"seed": seed}), device="cpu", progress=False) for seed in (0, 1)]
+    assert smoke[0]["data"] != smoke[1]["data"]  # the check above could fail: a seed does reach the smoke data
