@@ -303,3 +303,48 @@ def load_study(results="results") -> dict:
     seeds = {seed: read(folder / "seeds" / f"seed_{seed}.json") for seed in SEEDS}
     complete = len(stages) == len(STAGES) and stages[-1]["chosen"] is not None
     return {"stages": stages, "baselines": baselines, "seeds": {s: r for s, r in seeds.items() if r}, "recipe": recipe if complete else None}
+
+
+def findings(study: dict) -> list[str]:
+    """What the study decided, as sentences read from its records (`load_study`): the
+    winner's seed spread, each stage's choice and whether its lead over the kept candidate
+    exceeds that spread, where the budget rather than the score decided, and whether the
+    cpu profile runs the result."""
+    from .profiles import PROFILE_VERSIONS, PROFILES, make_config
+    from .report import summarise
+
+    def score(row):
+        return row["record"]["final"][CRITERION]
+
+    decided = [s for s in study["stages"] if s["chosen"]]
+    lines, noise = [], None  # noise: the winner's seed-to-seed spread, what a lead must exceed
+    if study["seeds"] and decided:
+        winner = next(row["record"] for row in decided[-1]["rows"] if row["candidate"] == decided[-1]["chosen"])
+        spread = summarise({0: winner, **study["seeds"]}, CRITERION)
+        noise = spread.std
+        lines.append(f"The study's winner with seeds {', '.join(map(str, [0, *sorted(study['seeds'])]))}: validation MAP@R "
+                     f"{spread.text()}. A lead smaller than that spread ({100 * noise:.1f} points) is within the noise of one seed.")
+    for stage in decided:
+        line = f"**{stage['stage']}**: {stage['chosen']}"
+        scored = [row for row in stage["rows"] if row["record"]]
+        kept, picked = scored[0], next(row for row in scored if row["candidate"] == stage["chosen"])
+        if noise and picked is not kept:
+            lead = score(picked) - score(kept)
+            line += f" ({100 * lead:+.1f} MAP@R over *{kept['candidate']}*, {'beyond' if abs(lead) > noise else 'within'} the seed noise)"
+        top = max(scored, key=score)
+        if top["candidate"] != stage["chosen"] and not top["eligible"]:  # the budget, not the score, decided
+            gap = score(top) - score(picked)
+            beyond = "" if not noise else f", {'beyond' if gap > noise else 'within'} the seed noise"
+            line += (f" — *{top['candidate']}* scored higher ({100 * score(top):.1f} against {100 * score(picked):.1f}{beyond}), "
+                     f"but the matrix under it would take about {top['matrix_hours']:.1f} h against {picked['matrix_hours']:.1f} h "
+                     f"(budget {MATRIX_BUDGET_HOURS:g} h)")
+        lines.append(line)
+    if study["recipe"] is None:
+        pending = next((s["stage"] for s in study["stages"] if not s["chosen"]), None)
+        lines.append(f"The study is not finished: the stage *{pending}* has not chosen yet, and the `cpu` profile "
+                     f"(version {PROFILE_VERSIONS['cpu']}) still runs its first recipe.")
+    else:
+        settings = profile_settings(make_config("cpu", LOSS, study["recipe"]))  # the evaluation cadence is the profile's own
+        agrees = all(settings[k] == PROFILES["cpu"][k] for k in BASE)
+        lines.append(f"The `cpu` profile (version {PROFILE_VERSIONS['cpu']}) " + ("runs this recipe." if agrees else "does NOT run this recipe yet."))
+    return lines

@@ -126,3 +126,23 @@ def test_the_final_recipe_reads_back_in_the_profiles_types(tiny_study, tmp_path)
     chosen = recipe.final_recipe(results)
     assert chosen == recipe.load_study(results)["recipe"]
     assert isinstance(chosen["lr_milestones"], tuple)  # JSON holds a list; the profile, a tuple
+
+
+def _row(candidate, score, eligible=True, hours=10.0):
+    return {"candidate": candidate, "record": {"final": {"map@r": score}}, "eligible": eligible, "matrix_hours": hours}
+
+
+def test_findings_read_each_lead_against_the_winners_seed_spread():
+    seeds = {1: {"final": {"map@r": 0.50}}, 2: {"final": {"map@r": 0.52}}}  # with seed 0 (0.51): std 1.0 point
+    study = {"stages": [
+        {"stage": "size", "chosen": "224", "rows": [_row("144", 0.40), _row("224", 0.45)]},  # +5.0: beyond
+        {"stage": "pooling", "chosen": "max", "rows": [_row("avg", 0.505), _row("max", 0.51),  # +0.5: within
+                                                        _row("avg+max", 0.53, eligible=False, hours=14.0)]},  # budget decided
+        {"stage": "length", "chosen": None, "rows": [_row("kept", 0.51)]},
+    ], "seeds": seeds, "baselines": {}, "recipe": None}
+    lines = recipe.findings(study)
+    assert lines[0].startswith("The study's winner with seeds 0, 1, 2: validation MAP@R 51.0 ± 1.0")
+    assert "+5.0 MAP@R over *144*, beyond the seed noise" in lines[1]
+    assert "+0.5 MAP@R over *avg*, within the seed noise" in lines[2]
+    assert "*avg+max* scored higher (53.0 against 51.0, beyond the seed noise)" in lines[2] and "14.0 h against 10.0 h" in lines[2]
+    assert "the stage *length* has not chosen yet" in lines[3] and len(lines) == 4
