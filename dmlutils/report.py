@@ -33,6 +33,10 @@ class SeedSummary:
         spread = f" ± {self.std * scale:.{digits}f}" if self.std is not None else ""
         return f"{self.mean * scale:.{digits}f}{spread} (n={self.n})"
 
+    def text_without_n(self, scale: float = 100.0, digits: int = 1) -> str:
+        """'59.3 ± 0.4', or '59.3' from one seed: for a table that shows n in a column of its own."""
+        return self.text(scale, digits).rsplit(" (n=", 1)[0]
+
 
 def final_value(record: dict, metric: str = CRITERION) -> float:
     return float(record["final"][metric])

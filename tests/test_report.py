@@ -18,6 +18,7 @@ def test_summary_is_the_mean_and_sample_std_over_seeds():
     assert s.text() == "53.0 ± 3.6 (n=3)"
     assert report.summarise(records(0.5)).text() == "50.0 (n=1)"
     assert report.summarise({}).text() == "not run"
+    assert s.text_without_n() == "53.0 ± 3.6" and report.summarise(records(0.5)).text_without_n() == "50.0"
 
 
 def test_paired_difference_uses_common_seeds_and_matches_scipy():
