@@ -180,19 +180,58 @@ def seeds_wanted(entry: Run, profile: str, results) -> tuple[int, ...]:
     return entry.seeds
 
 
+def undecided_escalations(profile: str, results="results", only=None) -> list[Run]:
+    """The one-seed runs whose escalation is not decided yet (their first seed or the
+    default's seeds have no record): each may still add `ESCALATION_SEEDS`."""
+    if profile in SEEDS_AT_MOST:
+        return []
+    wanted = _selected(only)
+    undecided = []
+    for entry in wanted:
+        if not entry.escalate or profile not in entry.profiles:
+            continue
+        default = run(default_of(entry.group))
+        known = [valid_record(record_path(results, profile, name, s), config_of(run(name), profile, s))
+                 for name, seeds in ((entry.name, (0,)), (default.name, declared_seeds(default, profile))) for s in seeds]
+        if any(r is None for r in known):
+            undecided.append(entry)
+    return undecided
+
+
+def escalation_note(profile: str, results="results", processes: int = 1, only=None) -> str | None:
+    """A line for the plan: the runs that escalation may still add, with their time."""
+    from .runner import SIDE_BY_SIDE_SLOWDOWN, Job, estimate_seconds
+
+    undecided = undecided_escalations(profile, results, only)
+    if not undecided:
+        return None
+    extra = len(ESCALATION_SEEDS) * len(undecided)
+    slowdown = SIDE_BY_SIDE_SLOWDOWN if processes > 1 else 1.0
+    seconds = sum(estimate_seconds(Job(e.name, config_of(e, profile, 0), None, None, e.kind)) for e in undecided)
+    seconds *= len(ESCALATION_SEEDS) * slowdown
+    return (f"Escalation may add runs to the plan: {len(undecided)} one-seed runs ({', '.join(e.name for e in undecided)}) each add seeds "
+            f"{', '.join(map(str, ESCALATION_SEEDS))} if their first seed differs from the default's mean by more than its seed "
+            f"std: up to {extra} more runs, about {seconds / 60:.0f} CPU-minutes, "
+            f"{seconds / 60 / max(1, processes):.0f} minutes of wall time more (estimate).")
+
+
+def _selected(only) -> list[Run]:
+    """The manifest's runs named in `only` (run names or `group:<name>`); all if None."""
+    if not only:
+        return RUNS
+    wanted = set()
+    for item in only:
+        wanted |= {r.name for r in group(item.split(":", 1)[1])} if item.startswith("group:") else {run(item).name}
+    return [r for r in RUNS if r.name in wanted]
+
+
 def jobs(profile: str, results="results", runs="runs", root=None, only=None):
     """The runner's jobs for every (run, seed) of the manifest (or of `only`: run names or
     `group:<name>`), valid records included (the runner skips them)."""
     from .runner import Job
 
-    selected = RUNS
-    if only:
-        wanted = set()
-        for item in only:
-            wanted |= {r.name for r in group(item.split(":", 1)[1])} if item.startswith("group:") else {run(item).name}
-        selected = [r for r in RUNS if r.name in wanted]
     out = []
-    for entry in selected:
+    for entry in _selected(only):
         if profile not in entry.profiles:
             continue
         for seed in seeds_wanted(entry, profile, results):
@@ -227,9 +266,14 @@ def run_manifest(profile: str, results="results", runs="runs", processes: int = 
         listed = jobs(profile, results, runs, root, only)
         todo = {job.name for job, done in listed if not done}
         is_done = lambda job: job.name not in todo  # noqa: E731
+        note = escalation_note(profile, results, processes, only) if not seen else None  # once, before the first batch
         if dry_run:
             echo(plan([job for job, _ in listed], processes, is_done))
+            if note:
+                echo(note)
             return len(todo)
+        if note:
+            echo(note)
         if not todo or todo <= seen:  # nothing new to run (a run that failed stays failed)
             return made
         seen |= todo

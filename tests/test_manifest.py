@@ -122,3 +122,20 @@ def test_the_cpu_baseline_is_the_same_record_at_every_seed(shared_data_root):
     assert records[0]["data"] == records[1]["data"]
     smoke = [baseline(make_config("smoke", overrides={"seed": seed}), device="cpu", progress=False) for seed in (0, 1)]
     assert smoke[0]["data"] != smoke[1]["data"]  # the check above could fail: a seed does reach the smoke data
+
+
+def test_the_plan_names_the_runs_escalation_may_still_add(tmp_path):
+    sweeps = {r.name for r in manifest.RUNS if r.escalate}
+    assert {r.name for r in manifest.undecided_escalations("cpu", tmp_path)} == sweeps  # nothing decided yet
+    for seed, recall in zip((0, 1, 2), (0.50, 0.52, 0.54)):
+        fake_record(tmp_path, "cpu", "multi_similarity", seed, recall)
+    fake_record(tmp_path, "cpu", "ms_beta_10", 0, 0.45)  # decided: it escalates, and its seeds are in the plan
+    fake_record(tmp_path, "cpu", "ms_beta_20", 0, 0.52)  # decided: it does not
+    assert {r.name for r in manifest.undecided_escalations("cpu", tmp_path)} == sweeps - {"ms_beta_10", "ms_beta_20"}
+    assert [r.name for r in manifest.undecided_escalations("cpu", tmp_path, only=["group:beta"])] == ["ms_beta_80"]
+    note = manifest.escalation_note("cpu", tmp_path, processes=2, only=["group:beta"])
+    assert "1 one-seed runs (ms_beta_80)" in note and "up to 2 more runs" in note
+    assert manifest.undecided_escalations("smoke", tmp_path) == []  # smoke never escalates
+    said = []
+    manifest.run_manifest("cpu", tmp_path, tmp_path / "runs", processes=2, only=["group:beta"], dry_run=True, echo=said.append)
+    assert said[-1] == note
