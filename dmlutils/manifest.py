@@ -166,12 +166,7 @@ def seeds_wanted(entry: Run, profile: str, results) -> tuple[int, ...]:
     default run's mean by more than the default's seed standard deviation."""
     if not entry.escalate or profile in SEEDS_AT_MOST:
         return declared_seeds(entry, profile)
-    first = valid_record(record_path(results, profile, entry.name, 0), config_of(entry, profile, 0))
-    default = run(default_of(entry.group))
-    reference = [
-        valid_record(record_path(results, profile, default.name, s), config_of(default, profile, s))
-        for s in declared_seeds(default, profile)
-    ]
+    first, reference = _escalation_evidence(entry, profile, results)
     if first is None or any(r is None for r in reference):
         return entry.seeds  # decided once the first seed and the default's seeds exist
     values = [r["final"][CRITERION] for r in reference]
@@ -180,21 +175,26 @@ def seeds_wanted(entry: Run, profile: str, results) -> tuple[int, ...]:
     return entry.seeds
 
 
+def _escalation_evidence(entry: Run, profile: str, results) -> tuple[dict | None, list[dict | None]]:
+    """What decides an escalation: the entry's first-seed record and the default's records."""
+    first = valid_record(record_path(results, profile, entry.name, 0), config_of(entry, profile, 0))
+    default = run(default_of(entry.group))
+    reference = [valid_record(record_path(results, profile, default.name, s), config_of(default, profile, s))
+                 for s in declared_seeds(default, profile)]
+    return first, reference
+
+
 def undecided_escalations(profile: str, results="results", only=None) -> list[Run]:
     """The one-seed runs whose escalation is not decided yet (their first seed or the
     default's seeds have no record): each may still add `ESCALATION_SEEDS`."""
     if profile in SEEDS_AT_MOST:
         return []
-    wanted = _selected(only)
     undecided = []
-    for entry in wanted:
-        if not entry.escalate or profile not in entry.profiles:
-            continue
-        default = run(default_of(entry.group))
-        known = [valid_record(record_path(results, profile, name, s), config_of(run(name), profile, s))
-                 for name, seeds in ((entry.name, (0,)), (default.name, declared_seeds(default, profile))) for s in seeds]
-        if any(r is None for r in known):
-            undecided.append(entry)
+    for entry in _selected(only):
+        if entry.escalate and profile in entry.profiles:
+            first, reference = _escalation_evidence(entry, profile, results)
+            if first is None or any(r is None for r in reference):
+                undecided.append(entry)
     return undecided
 
 

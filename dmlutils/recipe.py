@@ -341,10 +341,10 @@ def findings(study: dict) -> list[str]:
         lines.append(line)
     if study["recipe"] is None:
         pending = next((s["stage"] for s in study["stages"] if not s["chosen"]), None)
-        lines.append(f"The study is not finished: the stage *{pending}* has not chosen yet, and the `cpu` profile "
-                     f"(version {PROFILE_VERSIONS['cpu']}) still runs its first recipe.")
+        lines.append(f"The study is not finished: the stage *{pending}* has not chosen yet, and the `{PROFILE}` profile "
+                     f"(version {PROFILE_VERSIONS[PROFILE]}) still runs its first recipe.")
     else:
-        settings = profile_settings(make_config("cpu", LOSS, study["recipe"]))  # the evaluation cadence is the profile's own
-        agrees = all(settings[k] == PROFILES["cpu"][k] for k in BASE)
-        lines.append(f"The `cpu` profile (version {PROFILE_VERSIONS['cpu']}) " + ("runs this recipe." if agrees else "does NOT run this recipe yet."))
+        settings = profile_settings(make_config(PROFILE, LOSS, study["recipe"]))  # the evaluation cadence is the profile's own
+        agrees = all(settings[k] == PROFILES[PROFILE][k] for k in BASE)
+        lines.append(f"The `{PROFILE}` profile (version {PROFILE_VERSIONS[PROFILE]}) " + ("runs this recipe." if agrees else "does NOT run this recipe yet."))
     return lines

@@ -28,14 +28,14 @@ class SeedSummary:
 
     def text(self, scale: float = 100.0, digits: int = 1) -> str:
         """'59.3 ± 0.4 (n=3)' in points (scale 100), or '59.3 (n=1)'."""
-        if self.n == 0:
-            return "not run"
-        spread = f" ± {self.std * scale:.{digits}f}" if self.std is not None else ""
-        return f"{self.mean * scale:.{digits}f}{spread} (n={self.n})"
+        return self.text_without_n(scale, digits) + (f" (n={self.n})" if self.n else "")
 
     def text_without_n(self, scale: float = 100.0, digits: int = 1) -> str:
         """'59.3 ± 0.4', or '59.3' from one seed: for a table that shows n in a column of its own."""
-        return self.text(scale, digits).rsplit(" (n=", 1)[0]
+        if self.n == 0:
+            return "not run"
+        spread = f" ± {self.std * scale:.{digits}f}" if self.std is not None else ""
+        return f"{self.mean * scale:.{digits}f}{spread}"
 
 
 def final_value(record: dict, metric: str = CRITERION) -> float:
