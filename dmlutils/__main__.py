@@ -4,7 +4,7 @@
     python -m dmlutils train --profile cpu --loss multi_similarity --resume
     python -m dmlutils ablation ms_no_mining --profile cpu
     python -m dmlutils baseline --profile cpu
-    python -m dmlutils study contrastive --profile cpu
+    python -m dmlutils study [contrastive ...] --profile cpu --processes 2
     python -m dmlutils recipe --processes 2
     python -m dmlutils runs --profile cpu --processes 2 [--only group:beta] [--dry-run]
     python -m dmlutils verify --profile cpu [--runs multi_similarity:0]
@@ -58,9 +58,10 @@ def main(argv=None) -> int:
     ablation_parser.add_argument("--resume", action="store_true")
     ablation_parser.add_argument("--quiet", action="store_true")
 
-    study_parser = commands.add_parser("study", help="choose a loss's setting on held-out training classes, then train it (dmlutils.studies)")
+    study_parser = commands.add_parser("study", help="choose losses' settings on held-out training classes, then train them (dmlutils.studies)")
     common(study_parser)
-    study_parser.add_argument("loss", help="a loss with a study in dmlutils/studies.py")
+    study_parser.add_argument("loss", nargs="*", help="losses with a study in dmlutils/studies.py (default: all of them)")
+    study_parser.add_argument("--processes", type=int, default=1, help="runs side by side, one thread each (default: 1)")
     study_parser.add_argument("--runs", default="runs", help="folder of checkpoints (default: runs/)")
     study_parser.add_argument("--quiet", action="store_true")
 
@@ -131,14 +132,15 @@ def main(argv=None) -> int:
             print("recipe: " + ", ".join(f"{k}={v}" for k, v in recipe.items()))
             return 0
         if args.command == "study":
-            from .studies import run_study
+            from .studies import STUDIES, run_studies
 
-            selection = run_study(
-                args.loss, args.profile, args.results, args.runs, root=args.root, device=args.device,
-                progress=not args.quiet, extra_overrides=parse_set_arguments(args.set),
+            selections = run_studies(
+                args.loss or list(STUDIES), args.profile, args.results, args.runs, processes=args.processes, root=args.root,
+                device=args.device, progress=not args.quiet, extra_overrides=parse_set_arguments(args.set),
             )
-            scores = ", ".join(f"{k}={v:.4f}" for k, v in selection["scores"].items())
-            print(f"{args.loss}: validation {scores}; chose {selection['chosen']}; test record {selection['test_record']}")
+            for loss, selection in selections.items():
+                scores = ", ".join(f"{k}={v:.4f}" for k, v in selection["scores"].items())
+                print(f"{loss}: validation {scores}; chose {selection['chosen']}; test records {', '.join(selection['test_records'].values())}")
             return 0
         if args.command in ("train", "ablation"):
             if args.command == "ablation":

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .records import DEFAULT_RESULTS, load_studies, load_study
-from .studies import run_study
+from .records import DEFAULT_RESULTS, load_studies, load_study, study_complete
+from .studies import run_studies
 
 
 def ensure_studies(profile: str, losses, results_dir=None, train_missing=False, root=None) -> dict[str, dict]:
@@ -21,7 +21,7 @@ def ensure_studies(profile: str, losses, results_dir=None, train_missing=False, 
     incomplete (the book does this at the smoke profile only)."""
     results = Path(results_dir or DEFAULT_RESULTS)
     if train_missing:
-        for loss in losses:
-            if load_study(profile, loss, results)["tuned"] is None:
-                run_study(loss, profile, results, Path("runs"), root=root, progress=False)
+        incomplete = [loss for loss in losses if not study_complete(load_study(profile, loss, results))]
+        if incomplete:
+            run_studies(incomplete, profile, results, Path("runs"), root=root, progress=False, echo=lambda line: None)
     return load_studies(profile, losses, results)

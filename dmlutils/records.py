@@ -114,9 +114,9 @@ def provenance(record: dict) -> str:
 
 def load_study(profile: str, loss: str, results_dir=None) -> dict:
     """A loss's setting study (dmlutils.studies): {"validation": {setting: record},
-    "selection": the choice or None, "tuned": the chosen setting's test record or None},
-    each only if made under the profile's current version."""
-    from .studies import study, study_dir, tuned_record_path
+    "selection": the choice or None, "tuned": {seed: the chosen setting's test record} or
+    None}, each only if made under the profile's current version."""
+    from .studies import study, study_dir
 
     results = Path(results_dir or DEFAULT_RESULTS)
     folder = study_dir(results, profile, loss)
@@ -131,12 +131,19 @@ def load_study(profile: str, loss: str, results_dir=None) -> dict:
 
     validation = {name: read(folder / f"{name}.json") for name in study(loss)}
     selection = read(folder / "selection.json")
-    tuned = read(results / selection["test_record"]) if selection else read(tuned_record_path(results, profile, loss))
+    tuned = {int(seed): read(results / path) for seed, path in (selection or {}).get("test_records", {}).items()}
     return {
         "validation": {name: r for name, r in validation.items() if r is not None},
         "selection": selection,
-        "tuned": tuned,
+        "tuned": {seed: r for seed, r in sorted(tuned.items()) if r is not None} or None,
     }
+
+
+def study_complete(study: dict) -> bool:
+    """Whether a loaded study has its choice and a test record for every seed it names (a
+    selection of an older layout, without `test_records`, is not complete)."""
+    wanted = (study["selection"] or {}).get("test_records")
+    return bool(wanted) and len(study["tuned"] or {}) == len(wanted)
 
 
 def load_studies(profile: str, losses, results_dir=None) -> dict[str, dict]:

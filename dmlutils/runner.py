@@ -132,9 +132,10 @@ def plan(jobs: list[Job], processes: int, is_done=None) -> str:
     return "\n".join(lines)
 
 
-def run_jobs(jobs: list[Job], processes: int = 1, progress: bool = True, echo=print, is_done=None) -> dict[str, dict]:
+def run_jobs(jobs: list[Job], processes: int = 1, progress: bool = True, echo=print, is_done=None, device: str | None = None) -> dict[str, dict]:
     """Run every job that is not done (default: has no finished record); returns
-    {name: final metrics} of those run."""
+    {name: final metrics} of those run. `device`: None is a GPU if there is one, in this
+    process; worker processes (`processes` > 1) run on the CPU unless told otherwise."""
     is_done = is_done or (lambda job: finished(job.record_path))
     todo = [job for job in jobs if not is_done(job)]
     echo(plan(jobs, processes, is_done))
@@ -148,13 +149,13 @@ def run_jobs(jobs: list[Job], processes: int = 1, progress: bool = True, echo=pr
     if processes <= 1:
         bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
         for job in todo:  # in this process: the run's own progress bar, and a GPU if there is one
-            _report(bar, results, *_run(job, progress=progress, device=None))
+            _report(bar, results, *_run(job, progress=progress, device=device))
         bar.close()
         return results
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the workers before torch loads there
     context = multiprocessing.get_context("spawn")
     with futures.ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
-        pending = [pool.submit(_run, job) for job in todo]
+        pending = [pool.submit(_run, job, False, device or "cpu") for job in todo]
         bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
         for future in futures.as_completed(pending):
             _report(bar, results, *future.result())

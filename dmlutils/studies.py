@@ -4,18 +4,22 @@ Some losses end the cpu profile below the pretrained baseline with the settings 
 papers (chapter 6). A study trains each of a loss's candidate settings with the last
 `VALIDATION_CLASSES[profile]` training classes held out (`validation_classes`, see `profiles`),
 picks the one with the best final validation Recall@1, and then trains that setting on
-all training classes and evaluates it on the test split. The test split plays no part in
-the choice, so the tuned record is as clean a test number as the default one.
+all training classes, with the seeds of the loss's own runs, and evaluates it on the test
+split. The test split plays no part in the choice, so the chosen setting's records are as
+clean a test number as the default's.
 
-    python -m dmlutils study contrastive --profile cpu
+    python -m dmlutils study --profile cpu --processes 2      # every study
+    python -m dmlutils study contrastive --profile cpu         # one
 
 writes `results/<profile>/study/<loss>/<setting>.json` (one validation record per
 setting; `results/<profile>/study/baseline.json` is the pretrained features on the same
-classes and `results/<profile>/study/multi_similarity.json` MS loss with its paper's setting), `results/<profile>/study/<loss>/selection.json` (the choice and what it was
-chosen from), and `results/<profile>/tuned/<loss>.json` (the test record of the choice;
-when the choice is the loss's default setting and `results/<profile>/<loss>/seed_0.json` was
-trained with exactly it, that record is the test record and nothing is trained twice).
-Records that exist are reused; interrupted runs resume from their checkpoints.
+classes and `results/<profile>/study/multi_similarity.json` MS loss with its paper's
+setting), `results/<profile>/study/<loss>/selection.json` (the choice, what it was chosen
+from, and its test record per seed) and `results/<profile>/tuned/<loss>/seed_<n>.json`
+(the choice on the test classes; when the choice is the setting the loss's own record
+`results/<profile>/<loss>/seed_<n>.json` ran with, that record is the test record and
+nothing is trained twice). Runs go side by side like the manifest's (`dmlutils.runner`);
+valid records are reused, and interrupted runs resume from their checkpoints.
 """
 from __future__ import annotations
 
@@ -72,8 +76,16 @@ def study_dir(results, profile: str, loss: str) -> Path:
     return Path(results) / profile / "study" / loss
 
 
-def tuned_record_path(results, profile: str, loss: str) -> Path:
-    return Path(results) / profile / "tuned" / f"{loss}.json"
+def tuned_record_path(results, profile: str, loss: str, seed: int = 0) -> Path:
+    return Path(results) / profile / "tuned" / loss / f"seed_{seed}.json"
+
+
+def tuned_seeds(loss: str, profile: str) -> tuple[int, ...]:
+    """The seeds of a loss's own runs in the manifest at `profile`: the chosen setting gets
+    the same, so that chapter 6 compares the two settings seed by seed."""
+    from .manifest import declared_seeds, run
+
+    return declared_seeds(run(loss), profile)
 
 
 def select(records: dict[str, dict]) -> tuple[str, dict[str, float]]:
@@ -88,64 +100,67 @@ def select(records: dict[str, dict]) -> tuple[str, dict[str, float]]:
     return next(name for name, score in scores.items() if score == best), scores
 
 
-def validation_baseline(profile: str = "cpu", results="results", root=None, device=None) -> dict:
-    """The pretrained features on the held-out classes: the floor of a study's table."""
-    from . import engine
-    from .manifest import valid_record
+def _held_out(profile: str, loss: str, overrides=None, extra_overrides=None) -> dict:
     from .profiles import make_config
 
-    path = study_dir(results, profile, "baseline").with_suffix(".json")
-    config = make_config(profile, "multi_similarity", {"validation_classes": VALIDATION_CLASSES[profile]})
-    if record := valid_record(path, config):
-        return record
-    return engine.baseline(config, root=root, record_path=path, device=device, progress=False)
+    return make_config(profile, loss, {"validation_classes": VALIDATION_CLASSES[profile], **(overrides or {}), **(extra_overrides or {})})
 
 
-def validation_reference(profile: str = "cpu", results="results", runs="runs", root=None, device=None, progress=True) -> dict:
-    """MS loss with its paper's setting on the held-out classes: a loss that clears the
-    baseline on the test classes, to show the validation classes agree."""
-    from . import engine
+def _valid(job) -> bool:
     from .manifest import valid_record
-    from .profiles import make_config
 
-    path = study_dir(results, profile, REFERENCE).with_suffix(".json")
-    config = make_config(profile, REFERENCE, {"validation_classes": VALIDATION_CLASSES[profile]})
-    if record := valid_record(path, config):
-        return record
-    run_dir = Path(runs) / profile / "study" / REFERENCE
-    return engine.train(config, run_dir, resume=True, root=root, record_path=path, progress=progress, device=device)
+    return valid_record(job.record_path, job.config) is not None
 
 
-def run_study(loss: str, profile: str = "cpu", results="results", runs="runs", root=None, device=None, progress=True, extra_overrides=None) -> dict:
-    """Train every setting on validation classes, choose, train the choice for the test split."""
+def validation_jobs(losses, profile: str = "cpu", results="results", runs="runs", root=None, extra_overrides=None) -> list:
+    """Every run on the held-out classes that the studies of `losses` need: the floor (the
+    pretrained features), MS loss with its paper's setting as a reference (it clears the
+    baseline on the test classes: do the held-out classes agree?), and each candidate."""
+    from .runner import Job
+
+    folder = Path(runs) / profile / "study"
+    jobs = [
+        Job("baseline (validation)", _held_out(profile, REFERENCE, extra_overrides=extra_overrides),
+            study_dir(results, profile, "baseline").with_suffix(".json"), folder / "baseline", kind="baseline", root=root),
+        Job(f"{REFERENCE} (validation)", _held_out(profile, REFERENCE, extra_overrides=extra_overrides),
+            study_dir(results, profile, REFERENCE).with_suffix(".json"), folder / REFERENCE, root=root),
+    ]
+    for loss in losses:
+        for name, overrides in study(loss).items():
+            jobs.append(Job(f"{loss} {name} (validation)", _held_out(profile, loss, overrides, extra_overrides),
+                            study_dir(results, profile, loss) / f"{name}.json", folder / loss / name, root=root))
+    return jobs
+
+
+def choose(loss: str, profile: str = "cpu", results="results", runs="runs", root=None, extra_overrides=None, seeds=None) -> tuple[dict, list]:
+    """(selection, the choice's test runs still to train) of a loss whose validation runs
+    are finished; writes `selection.json`.
+
+    Per seed, the choice's test record is the loss's own record in the manifest layout when
+    that record ran exactly the chosen setting (nothing is trained twice), else
+    `tuned/<loss>/seed_<n>.json`.
+    """
     from . import engine
-    from .provenance import write_json
     from .manifest import record_path, valid_record
     from .profiles import PROFILE_VERSIONS, make_config
+    from .runner import Job
 
-    # A study reuses only valid records (finished, the profile's current version, exactly
-    # these settings): a new profile version runs every study again.
     settings = study(loss)
-    folder = study_dir(results, profile, loss)
-    validation_baseline(profile, results, root, device)
-    validation_reference(profile, results, runs, root, device, progress)
     records = {}
     for name, overrides in settings.items():
-        path = folder / f"{name}.json"
-        held_out = {"validation_classes": VALIDATION_CLASSES[profile]}
-        config = make_config(profile, loss, {**held_out, **overrides, **(extra_overrides or {})})
-        if record := valid_record(path, config):
-            records[name] = record
-            continue
-        run_dir = Path(runs) / profile / "study" / loss / name
-        records[name] = engine.train(config, run_dir, resume=True, root=root, record_path=path, progress=progress, device=device)
+        path = study_dir(results, profile, loss) / f"{name}.json"
+        records[name] = valid_record(path, _held_out(profile, loss, overrides, extra_overrides))
+        if records[name] is None:
+            raise ValueError(f"the {loss} study has no finished run of {name!r} on validation classes ({path}): run_studies trains it")
     chosen, scores = select(records)
-    tuned_config = make_config(profile, loss, {**settings[chosen], **(extra_overrides or {})})
-    tuned_path = tuned_record_path(results, profile, loss)
-    default_path = record_path(results, profile, loss, tuned_config["seed"])  # the loss's own run in the manifest
-    tuned = valid_record(tuned_path, tuned_config)
-    if tuned is None and (tuned := valid_record(default_path, tuned_config)) is not None:
-        tuned_path = default_path  # the choice is the setting of the loss's own record: no need to train it twice
+    test_records, jobs = {}, []
+    for seed in seeds or tuned_seeds(loss, profile):
+        config = make_config(profile, loss, {**settings[chosen], **(extra_overrides or {}), "seed": seed})
+        own = record_path(results, profile, loss, seed)
+        path = own if valid_record(own, config) else tuned_record_path(results, profile, loss, seed)
+        test_records[str(seed)] = str(path.relative_to(Path(results)))
+        if path != own:
+            jobs.append(Job(f"{loss} {chosen} seed {seed} (test)", config, path, Path(runs) / profile / "tuned" / loss / f"seed_{seed}", root=root))
     selection = {
         "loss": loss,
         "profile": profile,
@@ -155,12 +170,36 @@ def run_study(loss: str, profile: str = "cpu", results="results", runs="runs", r
         "scores": scores,
         "chosen": chosen,
         "overrides": settings[chosen],
-        "test_record": str(tuned_path.relative_to(Path(results))),
+        "test_records": test_records,
         "git": engine.code_version(),
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json(folder / "selection.json", selection)
-    if tuned is None:
-        run_dir = Path(runs) / profile / "tuned" / loss
-        engine.train(tuned_config, run_dir, resume=True, root=root, record_path=tuned_path, progress=progress, device=device)
-    return selection
+    engine.write_json(study_dir(results, profile, loss) / "selection.json", selection)
+    return selection, jobs
+
+
+def run_studies(losses, profile: str = "cpu", results="results", runs="runs", processes: int = 1, root=None, device=None,
+                progress=True, extra_overrides=None, seeds=None, echo=print) -> dict[str, dict]:
+    """{loss: selection}: the studies' runs on validation classes (`processes` side by side),
+    the choices, then the choices' runs on the test classes, one per seed of the loss's own
+    runs (`seeds` overrides). Valid records are reused; interrupted runs resume."""
+    from .runner import run_jobs
+
+    losses = list(losses)
+    for loss in losses:
+        study(loss)  # an unknown loss fails here, before anything runs
+    echo(f"setting studies ({', '.join(losses)}): candidates on {VALIDATION_CLASSES[profile]} held-out training classes")
+    run_jobs(validation_jobs(losses, profile, results, runs, root, extra_overrides), processes, progress, echo, is_done=_valid, device=device)
+    selections, test_jobs = {}, []
+    for loss in losses:
+        selections[loss], jobs = choose(loss, profile, results, runs, root, extra_overrides, seeds)
+        test_jobs += jobs
+    echo("the chosen settings on the test classes: " + ", ".join(f"{loss} {s['chosen']}" for loss, s in selections.items()))
+    run_jobs(test_jobs, processes, progress, echo, is_done=_valid, device=device)
+    return selections
+
+
+def run_study(loss: str, profile: str = "cpu", results="results", runs="runs", root=None, device=None, progress=True,
+              extra_overrides=None, seeds=None, processes: int = 1, echo=print) -> dict:
+    """One loss's study (`run_studies`); returns its selection."""
+    return run_studies([loss], profile, results, runs, processes, root, device, progress, extra_overrides, seeds, echo)[loss]

@@ -38,8 +38,8 @@ def test_ensure_studies_reads_a_finished_study_without_training(tmp_path, monkey
     (folder / "study" / "npair").mkdir(parents=True)
     final = {"final": {"recall@1": 0.5}, "evaluations": []}
     (folder / "study" / "npair" / "default.json").write_text(json.dumps(final))
-    (folder / "study" / "npair" / "selection.json").write_text(json.dumps({"chosen": "default", "test_record": "smoke/npair.json"}))
+    (folder / "study" / "npair" / "selection.json").write_text(json.dumps({"chosen": "default", "test_records": {"0": "smoke/npair.json"}}))
     (folder / "npair.json").write_text(json.dumps(final))
     study = ensure_studies("smoke", ["npair"], tmp_path / "results", train_missing=True)["npair"]
-    assert study["selection"]["chosen"] == "default" and study["tuned"] == final and list(study["validation"]) == ["default"]
+    assert study["selection"]["chosen"] == "default" and study["tuned"] == {0: final} and list(study["validation"]) == ["default"]
     assert not (tmp_path / "runs").exists()  # complete: nothing trained

@@ -83,7 +83,7 @@ def test_unknown_study_names_the_losses_that_have_one():
 def test_a_study_chooses_on_validation_and_trains_the_choice_on_the_test_split(tmp_path, monkeypatch):
     monkeypatch.setitem(studies.STUDIES, "npair", {"default": {}, "scale_10": {"loss.scale": 10.0}})
     short = {"iterations": "4", "eval_every": "2"}
-    selection = studies.run_study("npair", "smoke", tmp_path / "results", tmp_path / "runs", progress=False, extra_overrides=short)
+    selection = studies.run_study("npair", "smoke", tmp_path / "results", tmp_path / "runs", progress=False, extra_overrides=short, seeds=(0,))
     folder = tmp_path / "results" / "smoke" / "study" / "npair"
     validation = {name: json.loads((folder / f"{name}.json").read_text()) for name in ("default", "scale_10")}
     best = max(validation, key=lambda n: (validation[n]["final"]["recall@1"], n == "default"))
@@ -93,9 +93,37 @@ def test_a_study_chooses_on_validation_and_trains_the_choice_on_the_test_split(t
     references = load_validation_runs("smoke", tmp_path / "results")  # the floor and MS on the same held-out classes
     assert set(references) == {"baseline", "multi_similarity"}
     assert all(r["evaluated_on"]["labels"] == [8, 9] for r in references.values())
-    tuned = json.loads((tmp_path / "results" / "smoke" / "tuned" / "npair.json").read_text())
+    assert selection["test_records"] == {"0": "smoke/tuned/npair/seed_0.json"}
+    tuned = json.loads((tmp_path / "results" / "smoke" / "tuned" / "npair" / "seed_0.json").read_text())
     assert tuned["evaluated_on"]["split"] == "test" and tuned["config"]["validation_classes"] == 0
     assert tuned["loss_hparams"]["scale"] == (10.0 if best == "scale_10" else 1.0)
+
+
+def test_the_choice_runs_with_the_seeds_of_the_losses_own_runs_and_reuses_them_per_seed(tmp_path, monkeypatch):
+    from dmlutils import manifest
+
+    monkeypatch.setitem(studies.STUDIES, "npair", {"default": {}, "scale_10": {"loss.scale": 10.0}})
+    monkeypatch.setattr(studies, "select", lambda records: ("default", {n: 0.0 for n in records}))
+    assert studies.tuned_seeds("npair", "cpu") == manifest.run("npair").seeds == (0, 1, 2)
+    assert studies.tuned_seeds("npair", "smoke") == (0, 1)  # the manifest's two seeds at smoke
+    results, short = tmp_path / "results", {"iterations": "4", "eval_every": "2"}
+    # The loss's own run of seed 1 exists, with the chosen (default) setting; seed 0's does not.
+    own = manifest.record_path(results, "smoke", "npair", 1)
+    engine.train(make_config("smoke", "npair", {**short, "seed": 1}), tmp_path / "own", record_path=own, progress=False)
+    stamp = own.stat().st_mtime_ns
+    selection = studies.run_study("npair", "smoke", results, tmp_path / "runs", progress=False, extra_overrides=short, seeds=(0, 1))
+    assert selection["test_records"] == {"0": "smoke/tuned/npair/seed_0.json", "1": "smoke/npair/seed_1.json"}
+    assert own.stat().st_mtime_ns == stamp and not (results / "smoke" / "tuned" / "npair" / "seed_1.json").exists()
+    from dmlutils.records import load_study, study_complete
+
+    loaded = load_study("smoke", "npair", results)
+    assert {s: r["seed"] for s, r in loaded["tuned"].items()} == {0: 0, 1: 1} and study_complete(loaded)
+    (results / "smoke" / "tuned" / "npair" / "seed_0.json").unlink()
+    assert not study_complete(load_study("smoke", "npair", results))
+    selection_path = results / "smoke" / "study" / "npair" / "selection.json"
+    older = {k: v for k, v in json.loads(selection_path.read_text()).items() if k != "test_records"}
+    selection_path.write_text(json.dumps({**older, "test_record": "smoke/npair/seed_1.json"}))  # the layout before seeds
+    assert not study_complete(load_study("smoke", "npair", results))
 
 
 def test_a_default_choice_reuses_the_losses_own_record_only_when_it_ran_the_same_setting(tmp_path, monkeypatch):
@@ -105,16 +133,38 @@ def test_a_default_choice_reuses_the_losses_own_record_only_when_it_ran_the_same
     short = {"iterations": "4", "eval_every": "2"}
     own = results / "smoke" / "npair" / "seed_0.json"  # the loss's own run, in the manifest layout
     engine.train(make_config("smoke", "npair", short), tmp_path / "own", record_path=own, progress=False)
-    selection = studies.run_study("npair", "smoke", results, tmp_path / "runs", progress=False, extra_overrides=short)
-    assert selection["test_record"] == "smoke/npair/seed_0.json"
-    assert not (results / "smoke" / "tuned" / "npair.json").exists()
+    selection = studies.run_study("npair", "smoke", results, tmp_path / "runs", progress=False, extra_overrides=short, seeds=(0,))
+    assert selection["test_records"] == {"0": "smoke/npair/seed_0.json"}
+    assert not (results / "smoke" / "tuned" / "npair").exists()
 
     # A record made with other settings (here a longer schedule) is not the choice's run.
     engine.train(make_config("smoke", "npair", {"iterations": "6", "eval_every": "2"}), tmp_path / "own6", record_path=own, progress=False)
     (results / "smoke" / "study" / "npair" / "selection.json").unlink()
-    selection = studies.run_study("npair", "smoke", results, tmp_path / "runs", progress=False, extra_overrides=short)
-    assert selection["test_record"] == "smoke/tuned/npair.json"
-    assert json.loads((results / "smoke" / "tuned" / "npair.json").read_text())["config"]["iterations"] == 4
+    selection = studies.run_study("npair", "smoke", results, tmp_path / "runs", progress=False, extra_overrides=short, seeds=(0,))
+    assert selection["test_records"] == {"0": "smoke/tuned/npair/seed_0.json"}
+    assert json.loads((results / "smoke" / "tuned" / "npair" / "seed_0.json").read_text())["config"]["iterations"] == 4
+
+
+def test_studies_of_several_losses_run_side_by_side_and_choose_each(tmp_path, monkeypatch):
+    monkeypatch.setitem(studies.STUDIES, "npair", {"default": {}, "scale_10": {"loss.scale": 10.0}})
+    monkeypatch.setitem(studies.STUDIES, "contrastive", {"default": {}, "pos_margin_0.8": {"loss.pos_margin": 0.8}})
+    short = {"iterations": "2", "eval_every": "2"}
+    lines = []
+    selections = studies.run_studies(["npair", "contrastive"], "smoke", tmp_path / "results", tmp_path / "runs", processes=2,
+                                     progress=False, extra_overrides=short, seeds=(0,), echo=lines.append)
+    assert set(selections) == {"npair", "contrastive"}
+    plan = next(line for line in lines if "to run, 2 at a time" in line)
+    assert "6 to run" in plan  # the floor, the MS reference and two candidates per loss
+    for loss, selection in selections.items():
+        assert selection["chosen"] in studies.STUDIES[loss]
+        record = json.loads((tmp_path / "results" / selection["test_records"]["0"]).read_text())
+        assert record["loss"] == loss and record["evaluated_on"]["split"] == "test"
+
+
+def test_an_unknown_loss_fails_before_any_run(tmp_path):
+    with pytest.raises(ValueError, match="no setting study for loss 'triplet'"):
+        studies.run_studies(["npair", "triplet"], "smoke", tmp_path / "results", tmp_path / "runs", progress=False)
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
 
 
 def test_a_new_profile_version_hides_a_study_and_runs_it_again(tmp_path, monkeypatch):
@@ -123,17 +173,17 @@ def test_a_new_profile_version_hides_a_study_and_runs_it_again(tmp_path, monkeyp
 
     monkeypatch.setitem(studies.STUDIES, "npair", {"default": {}, "scale_10": {"loss.scale": 10.0}})
     results, short = tmp_path / "results", {"iterations": "4", "eval_every": "2"}
-    studies.run_study("npair", "smoke", results, tmp_path / "runs", progress=False, extra_overrides=short)
+    studies.run_study("npair", "smoke", results, tmp_path / "runs", progress=False, extra_overrides=short, seeds=(0,))
     loaded = load_study("smoke", "npair", results)
     assert set(loaded["validation"]) == {"default", "scale_10"} and loaded["selection"] and loaded["tuned"]
 
     monkeypatch.setitem(profiles.PROFILE_VERSIONS, "smoke", profiles.PROFILE_VERSIONS["smoke"] + 1)
     assert load_study("smoke", "npair", results) == {"validation": {}, "selection": None, "tuned": None}
     assert load_validation_runs("smoke", results) == {}
-    studies.run_study("npair", "smoke", results, tmp_path / "runs2", progress=False, extra_overrides=short)
+    studies.run_study("npair", "smoke", results, tmp_path / "runs2", progress=False, extra_overrides=short, seeds=(0,))
     loaded = load_study("smoke", "npair", results)
     assert set(loaded["validation"]) == {"default", "scale_10"} and loaded["tuned"]
     new_version = profiles.PROFILE_VERSIONS["smoke"]
-    assert all(r["profile_version"] == new_version for r in [*loaded["validation"].values(), loaded["tuned"]])
+    assert all(r["profile_version"] == new_version for r in [*loaded["validation"].values(), *loaded["tuned"].values()])
     assert loaded["selection"]["profile_version"] == new_version
     assert set(load_validation_runs("smoke", results)) == {"baseline", "multi_similarity"}
