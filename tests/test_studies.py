@@ -187,3 +187,19 @@ def test_a_new_profile_version_hides_a_study_and_runs_it_again(tmp_path, monkeyp
     assert all(r["profile_version"] == new_version for r in [*loaded["validation"].values(), *loaded["tuned"].values()])
     assert loaded["selection"]["profile_version"] == new_version
     assert set(load_validation_runs("smoke", results)) == {"baseline", "multi_similarity"}
+
+
+def test_the_study_command_runs_every_study_unless_told_which(monkeypatch, capsys):
+    from dmlutils.__main__ import main
+
+    calls = []
+
+    def fake_run_studies(losses, profile, results, runs, processes, **kwargs):
+        calls.append((list(losses), profile, processes, kwargs["extra_overrides"]))
+        return {loss: {"scores": {"default": 0.5}, "chosen": "default", "test_records": {"0": f"{profile}/{loss}/seed_0.json"}} for loss in losses}
+
+    monkeypatch.setattr(studies, "run_studies", fake_run_studies)
+    assert main(["study", "--profile", "smoke", "--processes", "2"]) == 0
+    assert main(["study", "npair", "--profile", "smoke", "--set", "iterations=4"]) == 0
+    assert calls == [(list(studies.STUDIES), "smoke", 2, {}), (["npair"], "smoke", 1, {"iterations": "4"})]
+    assert "npair: validation default=0.5000; chose default; test records smoke/npair/seed_0.json" in capsys.readouterr().out
