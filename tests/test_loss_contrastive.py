@@ -4,7 +4,7 @@ import torch
 from batches import pk_batch, unbalanced_batch, value_and_grad
 from pytorch_metric_learning.distances import CosineSimilarity
 from pytorch_metric_learning.losses import ContrastiveLoss as PMLContrastiveLoss
-from pytorch_metric_learning.reducers import MeanReducer
+from pytorch_metric_learning.reducers import AvgNonZeroReducer, MeanReducer
 
 from dmlutils.gpw import autograd_pair_weights
 from dmlutils.losses.base import cosine_similarity_matrix
@@ -37,6 +37,33 @@ def pml_contrastive(pos_margin, neg_margin):
     return PMLContrastiveLoss(
         pos_margin=pos_margin, neg_margin=neg_margin, distance=CosineSimilarity(), reducer=MeanReducer()
     )
+
+
+@pytest.mark.parametrize("make_batch", BATCHES)
+@pytest.mark.parametrize("margins", MARGINS)
+def test_nonzero_mean_equals_pmls_default_reducer(make_batch, margins):
+    # reduction="nonzero_mean" averages each side over its violating pairs: PML's own default
+    # reducer (AvgNonZeroReducer), applied to pos_loss and neg_loss separately.
+    embeddings, labels = make_batch()
+    ours = value_and_grad(ContrastiveLoss(**margins, reduction="nonzero_mean"), embeddings, labels)
+    pml = value_and_grad(PMLContrastiveLoss(**margins, distance=CosineSimilarity(), reducer=AvgNonZeroReducer()), embeddings, labels)
+    mean = value_and_grad(ContrastiveLoss(**margins), embeddings, labels)
+    torch.testing.assert_close(ours[0], pml[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ours[1], pml[1], rtol=1e-10, atol=1e-12)
+    assert ours[0] > mean[0]  # some pairs of each side are satisfied: a mean over fewer is larger
+
+
+@pytest.mark.parametrize("reduction", ["mean", "nonzero_mean"])
+def test_pair_weights_equal_autograd_for_each_reduction(reduction):
+    embeddings, labels = unbalanced_batch([1, 2, 5, 3, 1, 7, 4], seed=7)
+    loss = ContrastiveLoss(0.8, 0.3, reduction=reduction)
+    S = cosine_similarity_matrix(embeddings)
+    torch.testing.assert_close(loss.pair_weights(S, labels), autograd_pair_weights(loss, S, labels), rtol=1e-10, atol=1e-12)
+
+
+def test_an_unknown_reduction_is_refused_with_the_valid_ones():
+    with pytest.raises(ValueError, match="reduction must be one of 'mean', 'nonzero_mean', got 'sum'"):
+        ContrastiveLoss(reduction="sum")
 
 
 def pair_loop(embeddings, labels, pos_margin, neg_margin):

@@ -11,7 +11,9 @@ Everything a loss needs that is not the loss's own formula lives here, once:
 * `log1p_sum_exp` is log(1 + sum_k exp(x_k)) over a mask, computed with logsumexp
   so that beta = 200 and S near 1 stay finite, and `softmax_with_one` is its
   derivative (the shape of every MS / binomial / lifted weight);
-* `masked_mean` is the reduction "average over the valid items, 0 if none";
+* `masked_mean` is the reduction "average over the valid items, 0 if none"; losses with
+  a `reduction` choose it, or the average over the items with a positive loss
+  (`REDUCTIONS`, `check_reduction`: pytorch-metric-learning's AvgNonZeroReducer);
 * `differentiable_zero` is the loss of a batch with nothing to learn from: exactly 0,
   attached to the graph so `loss.backward()` works and gives zero gradients.
 
@@ -282,6 +284,16 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     count = mask.sum()
     total = torch.where(mask, values, torch.zeros_like(values)).sum()
     return total / count.clamp_min(1)
+
+
+# "mean": over every valid item (satisfied ones count as 0, so the loss fades as a batch
+# gets easier); "nonzero_mean": over the items with a positive loss only.
+REDUCTIONS = ("mean", "nonzero_mean")
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}.")
 
 
 def differentiable_zero(like: Tensor) -> Tensor:

@@ -18,11 +18,16 @@ Deviation from the paper: a mean per side instead of one sum over all pairs. A P
 has far more negative than positive pairs (75 : 4 per anchor at 16 x 5); the sum would let
 the negatives drown the positives and make the loss scale with the batch size. This is the
 reduction of pytorch-metric-learning's `ContrastiveLoss` with a `MeanReducer`, which our
-tests use as the oracle.
+tests use as the oracle. With `reduction="nonzero_mean"` each side is averaged over its
+violating pairs only (the library's default, `AvgNonZeroReducer`): the mean over all
+pairs fades as most negatives fall below the margin, while every positive pair short of
+`pos_margin` keeps pulling, so the positives come to dominate; over the violating pairs
+the few negatives still above the margin keep a weight of the same order.
 
-GPW view: W = -dL/dS is +1/(number of positive pairs) on every positive pair with
-S_ij < pos_margin, -1/(number of negative pairs) on every negative pair with
-S_ij > neg_margin, 0 elsewhere — constant weights, switched on and off by the margins.
+GPW view: W = -dL/dS is +1/n_+ on every positive pair with S_ij < pos_margin, -1/n_- on
+every negative pair with S_ij > neg_margin, 0 elsewhere — constant weights, switched on
+and off by the margins; n_+ and n_- count a side's pairs ("mean") or its violating pairs
+("nonzero_mean").
 """
 from __future__ import annotations
 
@@ -30,18 +35,18 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import NEGATIVES_ONLY, SimilarityLoss, check_finite, check_similarity, label_masks, masked_mean
+from .base import NEGATIVES_ONLY, SimilarityLoss, check_finite, check_reduction, check_similarity, label_masks, masked_mean
 from .registry import register
 
 
 @register("contrastive")
 class ContrastiveLoss(SimilarityLoss):
-    """Margin-based contrastive loss on cosine similarities (mean over positive pairs
-    + mean over negative pairs)."""
+    """Margin-based contrastive loss on cosine similarities: the mean over the positive pairs
+    plus the mean over the negative pairs (all of a side's pairs, or its violating ones)."""
 
     without_positive_pairs = NEGATIVES_ONLY  # its negative terms stand alone
 
-    def __init__(self, pos_margin: float = 1.0, neg_margin: float = 0.5, *, strict: bool = False):
+    def __init__(self, pos_margin: float = 1.0, neg_margin: float = 0.5, reduction: str = "mean", *, strict: bool = False):
         super().__init__(strict=strict)
         check_finite(pos_margin=pos_margin, neg_margin=neg_margin)
         for name, value in (("pos_margin", pos_margin), ("neg_margin", neg_margin)):
@@ -55,17 +60,24 @@ class ContrastiveLoss(SimilarityLoss):
                 f"neg_margin ({neg_margin}) must be below pos_margin ({pos_margin}): positives are "
                 "pulled above pos_margin and negatives pushed below neg_margin."
             )
+        check_reduction(reduction)
         self.pos_margin = float(pos_margin)
         self.neg_margin = float(neg_margin)
+        self.reduction = reduction
 
     accepts_references = True
 
     def from_similarity(self, S: Tensor, labels: Tensor, reference_labels: Tensor | None = None) -> Tensor:
         check_similarity(S, labels, reference_labels)
         positive, negative = label_masks(labels, reference_labels)
-        positive_term = masked_mean(F.relu(self.pos_margin - S), positive)
-        negative_term = masked_mean(F.relu(S - self.neg_margin), negative)
-        return positive_term + negative_term
+        pulled, pushed = self._averaged_over(S, positive, negative)
+        return masked_mean(F.relu(self.pos_margin - S), pulled) + masked_mean(F.relu(S - self.neg_margin), pushed)
+
+    def _averaged_over(self, S: Tensor, positive: Tensor, negative: Tensor) -> tuple[Tensor, Tensor]:
+        """The pairs each side's mean runs over: all of its pairs, or its violating ones."""
+        if self.reduction == "nonzero_mean":
+            return positive & (S < self.pos_margin), negative & (S > self.neg_margin)
+        return positive, negative
 
     def pair_weights(self, S: Tensor, labels: Tensor, reference_labels: Tensor | None = None) -> Tensor:
         """W = -dL/dS: 1/n_pos on violating positives, -1/n_neg on violating negatives.
@@ -77,6 +89,7 @@ class ContrastiveLoss(SimilarityLoss):
         positive, negative = label_masks(labels, reference_labels)
         pulled = (positive & (S < self.pos_margin)).to(S.dtype)
         pushed = (negative & (S > self.neg_margin)).to(S.dtype)
-        n_positive = positive.sum().clamp_min(1).to(S.dtype)
-        n_negative = negative.sum().clamp_min(1).to(S.dtype)
+        over_positive, over_negative = self._averaged_over(S, positive, negative)
+        n_positive = over_positive.sum().clamp_min(1).to(S.dtype)
+        n_negative = over_negative.sum().clamp_min(1).to(S.dtype)
         return pulled / n_positive - pushed / n_negative

@@ -43,10 +43,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .base import SimilarityLoss, check_finite, check_similarity, label_masks
+from .base import REDUCTIONS, SimilarityLoss, check_finite, check_reduction, check_similarity, label_masks  # noqa: F401 (REDUCTIONS: re-exported)
 from .registry import register
-
-REDUCTIONS = ("mean", "nonzero_mean")
 
 
 def prefix_length(values: Tensor, start: Tensor, length: Tensor, in_prefix: Callable[[Tensor], Tensor]) -> Tensor:
@@ -176,8 +174,7 @@ class TripletLoss(SimilarityLoss):
     def __init__(self, margin: float = 0.1, reduction: str = "mean", *, strict: bool = False):
         super().__init__(strict=strict)
         check_margin("margin", margin)
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}.")
+        check_reduction(reduction)
         self.margin = float(margin)
         self.reduction = reduction
 
