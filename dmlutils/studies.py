@@ -3,7 +3,7 @@
 Some losses end the cpu profile below the pretrained baseline with the settings of their
 papers (chapter 6). A study trains each of a loss's candidate settings with the last
 `VALIDATION_CLASSES[profile]` training classes held out (`validation_classes`, see `profiles`),
-picks the one with the best final validation Recall@1, and then trains that setting on
+picks the one with the best final validation MAP@R, and then trains that setting on
 all training classes, with the seeds of the loss's own runs, and evaluates it on the test
 split. The test split plays no part in the choice, so the chosen setting's records are as
 clean a test number as the default's.
@@ -29,7 +29,10 @@ from pathlib import Path
 # Classes held out per profile: of CUB's 100 training classes the last 20 (labels 80-99);
 # the smoke profile's synthetic split has 10 and batches of 8 classes.
 VALIDATION_CLASSES = {"smoke": 2, "cpu": 20, "paper": 20}
-CRITERION = "recall@1"  # of the final model (no early stopping on validation either)
+# Of the final model (no early stopping on validation either). MAP@R, as in the recipe
+# study: it ranks all of a class's images, so on 1,180 held-out images it separates
+# settings that Recall@1 (about 89 for the pretrained features alone) hardly can.
+CRITERION = "map@r"
 REFERENCE = "multi_similarity"  # also run on the held-out classes, beside the studies
 
 # loss -> {setting name: --set overrides}; "default" is the loss's paper setting. Two or

@@ -61,7 +61,13 @@ def test_a_validation_run_trains_without_the_held_out_classes_and_never_reads_th
 
 
 def _record(split, score):
-    return {"evaluated_on": {"split": split}, "final": {"recall@1": score}}
+    return {"evaluated_on": {"split": split}, "final": {studies.CRITERION: score}}
+
+
+def test_the_studies_choose_by_map_at_r_like_the_recipe_study():
+    from dmlutils import recipe
+
+    assert studies.CRITERION == recipe.CRITERION == "map@r"
 
 
 def test_select_takes_the_best_final_score_and_breaks_ties_towards_the_first_listed():
@@ -86,7 +92,7 @@ def test_a_study_chooses_on_validation_and_trains_the_choice_on_the_test_split(t
     selection = studies.run_study("npair", "smoke", tmp_path / "results", tmp_path / "runs", progress=False, extra_overrides=short, seeds=(0,))
     folder = tmp_path / "results" / "smoke" / "study" / "npair"
     validation = {name: json.loads((folder / f"{name}.json").read_text()) for name in ("default", "scale_10")}
-    best = max(validation, key=lambda n: (validation[n]["final"]["recall@1"], n == "default"))
+    best = max(validation, key=lambda n: (validation[n]["final"][studies.CRITERION], n == "default"))
     assert selection["chosen"] == best
     assert json.loads((folder / "selection.json").read_text())["chosen"] == best
     assert all(r["config"]["validation_classes"] == 2 for r in validation.values())
