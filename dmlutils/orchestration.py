@@ -21,7 +21,7 @@ def ensure_studies(profile: str, losses, results_dir=None, train_missing=False, 
     incomplete (the book does this at the smoke profile only)."""
     results = Path(results_dir or DEFAULT_RESULTS)
     if train_missing:
-        incomplete = [loss for loss in losses if not study_complete(load_study(profile, loss, results))]
+        incomplete = [loss for loss in losses if not study_complete(load_study(profile, loss, results), loss)]
         if incomplete:
             run_studies(incomplete, profile, results, Path("runs"), root=root, progress=False, echo=lambda line: None)
     return load_studies(profile, losses, results)

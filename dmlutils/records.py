@@ -139,11 +139,19 @@ def load_study(profile: str, loss: str, results_dir=None) -> dict:
     }
 
 
-def study_complete(study: dict) -> bool:
-    """Whether a loaded study has its choice and a test record for every seed it names (a
-    selection of an older layout, without `test_records`, is not complete)."""
-    wanted = (study["selection"] or {}).get("test_records")
-    return bool(wanted) and len(study["tuned"] or {}) == len(wanted)
+def study_complete(study: dict, loss: str) -> bool:
+    """Whether a loaded study of `loss` chose among all of its candidates, by the current
+    criterion (a candidate added since, or another criterion, means choosing again), and
+    has a test record for every seed its choice names (a selection of an older layout,
+    without `test_records`, is not complete)."""
+    from .studies import CRITERION
+    from .studies import study as candidates
+
+    selection = study["selection"] or {}
+    wanted = selection.get("test_records")
+    chose_among_all = set(selection.get("scores", {})) == set(candidates(loss)) == set(study["validation"])
+    current = selection.get("criterion") == f"final validation {CRITERION}"
+    return bool(wanted) and chose_among_all and current and len(study["tuned"] or {}) == len(wanted)
 
 
 def load_studies(profile: str, losses, results_dir=None) -> dict[str, dict]:

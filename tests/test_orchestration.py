@@ -33,12 +33,15 @@ def test_without_train_missing_nothing_is_trained_and_no_record_at_the_cpu_profi
 
 
 def test_ensure_studies_reads_a_finished_study_without_training(tmp_path, monkeypatch):
+    from dmlutils import studies
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(studies.STUDIES, "npair", {"default": {}})
     folder = tmp_path / "results" / "smoke"
     (folder / "study" / "npair").mkdir(parents=True)
     final = {"final": {"recall@1": 0.5}, "evaluations": []}
     (folder / "study" / "npair" / "default.json").write_text(json.dumps(final))
-    (folder / "study" / "npair" / "selection.json").write_text(json.dumps({"chosen": "default", "test_records": {"0": "smoke/npair.json"}}))
+    (folder / "study" / "npair" / "selection.json").write_text(json.dumps({"chosen": "default", "criterion": f"final validation {studies.CRITERION}", "scores": {"default": 0.5}, "test_records": {"0": "smoke/npair.json"}}))
     (folder / "npair.json").write_text(json.dumps(final))
     study = ensure_studies("smoke", ["npair"], tmp_path / "results", train_missing=True)["npair"]
     assert study["selection"]["chosen"] == "default" and study["tuned"] == {0: final} and list(study["validation"]) == ["default"]

@@ -123,13 +123,21 @@ def test_the_choice_runs_with_the_seeds_of_the_losses_own_runs_and_reuses_them_p
     from dmlutils.records import load_study, study_complete
 
     loaded = load_study("smoke", "npair", results)
-    assert {s: r["seed"] for s, r in loaded["tuned"].items()} == {0: 0, 1: 1} and study_complete(loaded)
+    assert {s: r["seed"] for s, r in loaded["tuned"].items()} == {0: 0, 1: 1} and study_complete(loaded, "npair")
+    monkeypatch.setitem(studies.STUDIES, "npair", {**studies.STUDIES["npair"], "scale_30": {"loss.scale": 30.0}})
+    assert not study_complete(load_study("smoke", "npair", results), "npair")  # a candidate added since: choose again
+    monkeypatch.setitem(studies.STUDIES, "npair", {"default": {}, "scale_10": {"loss.scale": 10.0}})
+    criterion = studies.CRITERION
+    monkeypatch.setattr(studies, "CRITERION", "recall@1")
+    assert not study_complete(load_study("smoke", "npair", results), "npair")  # chosen by another criterion
+    monkeypatch.setattr(studies, "CRITERION", criterion)
+    assert study_complete(load_study("smoke", "npair", results), "npair")
     (results / "smoke" / "tuned" / "npair" / "seed_0.json").unlink()
-    assert not study_complete(load_study("smoke", "npair", results))
+    assert not study_complete(load_study("smoke", "npair", results), "npair")
     selection_path = results / "smoke" / "study" / "npair" / "selection.json"
     older = {k: v for k, v in json.loads(selection_path.read_text()).items() if k != "test_records"}
     selection_path.write_text(json.dumps({**older, "test_record": "smoke/npair/seed_1.json"}))  # the layout before seeds
-    assert not study_complete(load_study("smoke", "npair", results))
+    assert not study_complete(load_study("smoke", "npair", results), "npair")
 
 
 def test_a_default_choice_reuses_the_losses_own_record_only_when_it_ran_the_same_setting(tmp_path, monkeypatch):
