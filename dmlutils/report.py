@@ -17,6 +17,7 @@ import statistics
 from dataclasses import dataclass
 
 CRITERION = "recall@1"
+METRIC_LABELS = {"recall@1": "Recall@1", "map@r": "MAP@R"}  # how a sentence names a metric
 
 
 @dataclass(frozen=True)

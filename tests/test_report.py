@@ -78,3 +78,10 @@ def test_mean_curve_and_decay_from_the_best_evaluation():
     assert std[1] == pytest.approx(math.sqrt(0.005))
     decay = report.best_minus_final(by_seed)
     assert decay.values == pytest.approx((0.1, 0.0))
+
+
+def test_every_selection_criterion_has_a_name_for_the_book_sentences():
+    from dmlutils import recipe, studies
+
+    for criterion in (report.CRITERION, recipe.CRITERION, studies.CRITERION):
+        assert criterion in report.METRIC_LABELS, f"{criterion} has no label for chapter 6's sentences"

@@ -69,27 +69,24 @@ class ContrastiveLoss(SimilarityLoss):
 
     def from_similarity(self, S: Tensor, labels: Tensor, reference_labels: Tensor | None = None) -> Tensor:
         check_similarity(S, labels, reference_labels)
-        positive, negative = label_masks(labels, reference_labels)
-        pulled, pushed = self._averaged_over(S, positive, negative)
-        return masked_mean(F.relu(self.pos_margin - S), pulled) + masked_mean(F.relu(S - self.neg_margin), pushed)
+        _, _, over_positive, over_negative = self._pairs(S, labels, reference_labels)
+        return masked_mean(F.relu(self.pos_margin - S), over_positive) + masked_mean(F.relu(S - self.neg_margin), over_negative)
 
-    def _averaged_over(self, S: Tensor, positive: Tensor, negative: Tensor) -> tuple[Tensor, Tensor]:
-        """The pairs each side's mean runs over: all of its pairs, or its violating ones."""
+    def _pairs(self, S: Tensor, labels: Tensor, reference_labels: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(pulled, pushed, over_positive, over_negative): the violating positive and negative
+        pairs — strictly, S_ij < pos_margin and S_ij > neg_margin, so at the hinge's kink the
+        zero sub-gradient is used, as autograd's relu does — and the pairs each side's mean
+        runs over: all of its pairs ("mean") or its violating ones ("nonzero_mean")."""
+        positive, negative = label_masks(labels, reference_labels)
+        pulled, pushed = positive & (S < self.pos_margin), negative & (S > self.neg_margin)
         if self.reduction == "nonzero_mean":
-            return positive & (S < self.pos_margin), negative & (S > self.neg_margin)
-        return positive, negative
+            return pulled, pushed, pulled, pushed
+        return pulled, pushed, positive, negative
 
     def pair_weights(self, S: Tensor, labels: Tensor, reference_labels: Tensor | None = None) -> Tensor:
-        """W = -dL/dS: 1/n_pos on violating positives, -1/n_neg on violating negatives.
-
-        "Violating" is strict (S_ij < pos_margin, S_ij > neg_margin): at the hinge's kink
-        the loss uses the zero sub-gradient, as autograd's relu does.
-        """
+        """W = -dL/dS: 1/n_pos on violating positives, -1/n_neg on violating negatives."""
         check_similarity(S, labels, reference_labels)
-        positive, negative = label_masks(labels, reference_labels)
-        pulled = (positive & (S < self.pos_margin)).to(S.dtype)
-        pushed = (negative & (S > self.neg_margin)).to(S.dtype)
-        over_positive, over_negative = self._averaged_over(S, positive, negative)
+        pulled, pushed, over_positive, over_negative = self._pairs(S, labels, reference_labels)
         n_positive = over_positive.sum().clamp_min(1).to(S.dtype)
         n_negative = over_negative.sum().clamp_min(1).to(S.dtype)
-        return pulled / n_positive - pushed / n_negative
+        return pulled.to(S.dtype) / n_positive - pushed.to(S.dtype) / n_negative
