@@ -65,9 +65,16 @@ def _record(split, score):
 
 
 def test_the_studies_choose_by_map_at_r_like_the_recipe_study():
+    # On 20 held-out classes Recall@1 is near its ceiling for every run: where the two
+    # metrics disagree, the candidate with the better MAP@R must win, as in the recipe study.
     from dmlutils import recipe
 
-    assert studies.CRITERION == recipe.CRITERION == "map@r"
+    def scored(recall, map_at_r):
+        return {"evaluated_on": {"split": "validation"}, "final": {"recall@1": recall, "map@r": map_at_r}}
+
+    chosen, scores = studies.select({"default": scored(0.90, 0.47), "tuned": scored(0.89, 0.54)})
+    assert chosen == "tuned" and scores == {"default": 0.47, "tuned": 0.54}
+    assert studies.CRITERION == recipe.CRITERION
 
 
 def test_select_takes_the_best_final_score_and_breaks_ties_towards_the_first_listed():
