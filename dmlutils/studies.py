@@ -48,10 +48,14 @@ STUDIES: dict[str, dict[str, dict]] = {
         "nonzero_mean": {"loss.reduction": "nonzero_mean"},
     },
     # On the unit sphere its loss never reaches 0 (module docstring): a slower learning
-    # rate limits how far the ever-active pushes move the features.
+    # rate limits how far the ever-active pushes move the features; a scale (the norm of
+    # the paper's unnormalised embeddings) lets well-separated negatives drop out, so the
+    # loss can reach 0 (the margin it asks for shrinks like 1/scale in unit distances).
     "lifted_structure": {
         "default": {},
         "lr_1e-5": {"lr": 1e-5, "head_lr": 1e-5},
+        "scale_10": {"loss.scale": 10.0},
+        "scale_20": {"loss.scale": 20.0},
     },
     # Logits of unit vectors lie in [-1, 1]: a scale stands for the norms of Sohn's setting.
     "npair": {

@@ -94,6 +94,21 @@ def test_value_and_gradient_match_pytorch_metric_learning(seed, labels, margin):
 
 @pytest.mark.parametrize("labels", LABEL_SETS)
 @pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("scale", [3.0, 10.0])
+def test_scale_matches_pytorch_metric_learning_on_embeddings_of_that_norm(seed, labels, scale):
+    # Mapping: our scale s is PML's LpDistance on unnormalised embeddings s f / |f|
+    # (d_ij -> s d_ij), the margin unchanged; the gradient flows through the normalisation.
+    embeddings, labels = batch(seed, labels)
+    pml = losses.LiftedStructureLoss(neg_margin=1.0, pos_margin=0, distance=distances.LpDistance(normalize_embeddings=False),
+                                     reducer=reducers.MeanReducer())
+    ours, ours_grad = value_and_grad(LiftedStructureLoss(scale=scale), embeddings, labels)
+    theirs, theirs_grad = value_and_grad(lambda e, y: pml(scale * F.normalize(e, dim=1), y), embeddings, labels)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-10)
+    torch.testing.assert_close(ours_grad, theirs_grad, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("labels", LABEL_SETS)
+@pytest.mark.parametrize("seed", SEEDS)
 def test_value_and_gradient_match_paper_loop(seed, labels):
     embeddings, labels = batch(seed, labels)
     ours, ours_grad = value_and_grad(LiftedStructureLoss(margin=1.0), embeddings, labels)
@@ -111,7 +126,7 @@ def random_similarity(seed, n, symmetric):
     return torch.rand(n, n, generator=generator, dtype=torch.float64) * 1.98 - 0.99
 
 
-@pytest.mark.parametrize("loss_fn", [LiftedStructureLoss(), LiftedStructureLoss(margin=0.3),
+@pytest.mark.parametrize("loss_fn", [LiftedStructureLoss(), LiftedStructureLoss(margin=0.3), LiftedStructureLoss(scale=10.0),
                                      GeneralizedLiftedStructureLoss(),
                                      GeneralizedLiftedStructureLoss(pos_margin=0.4, neg_margin=1.2)])
 @pytest.mark.parametrize("labels", LABEL_SETS)
@@ -208,7 +223,14 @@ def test_unit_sphere_floor_with_default_margin():
     assert LiftedStructureLoss()(embeddings, labels).item() == pytest.approx(expected, abs=1e-5)
 
 
-@pytest.mark.parametrize("loss_fn", [LiftedStructureLoss(margin=200.0), GeneralizedLiftedStructureLoss(0.0, 200.0)])
+def test_a_scale_lets_the_ideal_batch_reach_zero_with_the_default_margin():
+    # Against the floor above: at norm 4 the negatives sit at d = 8, so
+    # J = log(4 e^{1 - 8}) + 0 = log 4 - 7 < 0 and the hinge is off for every pair.
+    embeddings, labels = antipodal_batch()
+    assert LiftedStructureLoss(scale=4.0)(embeddings, labels).item() == 0.0
+
+
+@pytest.mark.parametrize("loss_fn", [LiftedStructureLoss(margin=200.0), LiftedStructureLoss(scale=100.0), GeneralizedLiftedStructureLoss(0.0, 200.0)])
 def test_large_margin_stays_finite_in_float32(loss_fn):
     embeddings, labels = batch(0, LABEL_SETS[2], dtype=torch.float32)
     embeddings.requires_grad_()
@@ -230,6 +252,12 @@ def test_float32_agrees_with_float64(loss_fn):
 def test_bad_margin_raises(margin):
     with pytest.raises(ValueError, match="margin"):
         LiftedStructureLoss(margin=margin)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_scale_raises(scale):
+    with pytest.raises(ValueError, match="scale"):
+        LiftedStructureLoss(scale=scale)
 
 
 @pytest.mark.parametrize("kwargs", [{"pos_margin": float("nan")}, {"neg_margin": float("inf")}])

@@ -27,6 +27,13 @@ at least exp(margin - 2). With the default margin 1 a pair therefore has
 J_ij >= log(|N_i| + |N_j|) - 1 + d_ij > 0 as soon as |N_i| + |N_j| >= 3: on the unit sphere
 the loss never reaches 0, it keeps pushing negatives apart.
 
+`scale` (s, default 1: the loss above) measures the distances between vectors of norm s,
+d_ij -> s d_ij, with the margin unchanged: it stands for the norms of Oh Song et al.'s
+unnormalised embeddings, as N-pair's `scale` does for Sohn's. Then J_ij <= 0 once every
+negative of i and j is farther than d_ij by (margin + log(|N_i| + |N_j|)) / s in unit
+distances: the loss can reach 0, and the negatives well beyond that stop counting
+(chapter 6's setting study tries it).
+
 The MS paper's Section 3 rewrites lifted structure as a *generalised*, per-anchor loss
 (the form of Hermans, Beyer, Leibe 2017, "In Defense of the Triplet Loss", which
 pytorch-metric-learning calls `GeneralizedLiftedStructureLoss`):
@@ -64,16 +71,25 @@ __all__ = [
 
 @register("lifted_structure")
 class LiftedStructureLoss(SimilarityLoss):
-    """Oh Song et al.'s lifted structured loss; `margin` is the paper's alpha (default 1)."""
+    """Oh Song et al.'s lifted structured loss; `margin` is the paper's alpha (default 1),
+    `scale` the embeddings' norm (default 1: unit vectors)."""
 
-    def __init__(self, margin: float = 1.0, *, strict: bool = False):
+    def __init__(self, margin: float = 1.0, scale: float = 1.0, *, strict: bool = False):
         super().__init__(strict=strict)
-        check_finite(margin=margin)
+        check_finite(margin=margin, scale=scale)
         if margin < 0:
             raise ValueError(
                 f"margin must be >= 0 (the distance a negative should keep beyond the positive), got {margin}."
             )
+        if scale <= 0:
+            raise ValueError(f"scale must be positive (the embeddings' norm), got {scale}.")
         self.margin = margin
+        self.scale = float(scale)
+
+    def _distances(self, S: Tensor) -> tuple[Tensor, Tensor]:
+        """(d, slope): distances between vectors of norm `scale`, and -dd/dS."""
+        d, slope = unit_distance(S)
+        return self.scale * d, self.scale * slope
 
     def _hinge_arguments(self, d: Tensor, negative: Tensor) -> tuple[Tensor, Tensor]:
         """(a, J): a_i = logsumexp_{k in N_i}(margin - d_ik), J_ij = logaddexp(a_i, a_j) + d_ij.
@@ -89,7 +105,7 @@ class LiftedStructureLoss(SimilarityLoss):
         positive, negative = label_masks(labels)
         if not positive.any() or not negative.any():
             return differentiable_zero(S)
-        d, _ = unit_distance(S)
+        d, _ = self._distances(S)
         _, J = self._hinge_arguments(d, negative)
         hinge_squared = torch.where(positive, F.relu(J) ** 2, torch.zeros_like(J))
         return hinge_squared.sum() / (2 * positive.sum())
@@ -101,13 +117,13 @@ class LiftedStructureLoss(SimilarityLoss):
         negative (i, k):  dL/dd_ik = -q_ik G_i, q_ik = softmax_{k in N_i}(margin - d_ik),
                           G_i = sum_{j in P_i} (g_ij + g_ji) sigmoid(a_i - a_j)
                           (dJ_ij/da_i = dJ_ji/da_i = sigmoid(a_i - a_j));
-        then W_ij = dL/dd_ij * slope_ij with slope = -dd/dS = 1/d.
+        then W_ij = dL/dd_ij * slope_ij with slope = -dd/dS = s^2 / d (d = s |f_i - f_j|).
         """
         check_similarity(S, labels)
         positive, negative = label_masks(labels)
         if not positive.any() or not negative.any():
             return torch.zeros_like(S)
-        d, slope = unit_distance(S)
+        d, slope = self._distances(S)
         a, J = self._hinge_arguments(d, negative)
         g = torch.where(positive, F.relu(J), torch.zeros_like(J)) / positive.sum()
         share = torch.sigmoid(a[:, None] - a[None, :])
