@@ -369,6 +369,19 @@ def _trainable_parameters(model, config):
     return backbone_params, head_params
 
 
+def parameter_groups(model, loss_fn, config) -> list[dict]:
+    """The optimiser's groups: the trained blocks at `lr`, the embedding head at `head_lr`,
+    the loss's own parameters (triplet-center's class centres) at `loss_lr` (0: `head_lr`).
+    Empty groups are left out, so a loss without parameters keeps the two groups."""
+    backbone_params, head_params = _trainable_parameters(model, config)
+    groups = [
+        {"params": backbone_params, "lr": config["lr"]},
+        {"params": head_params, "lr": config["head_lr"]},
+        {"params": list(loss_fn.parameters()), "lr": config["loss_lr"] or config["head_lr"]},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def train(
     config: dict,
     run_dir,
@@ -444,12 +457,7 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
     # The loss sees the global batch (all processes' rows) and, optionally, a memory of past batches.
     memory_loss = with_cross_batch_memory(base_loss, config["xbm_size"])
     loss_fn = distributed.GlobalBatchLoss(memory_loss).to(device)
-    backbone_params, head_params = _trainable_parameters(model, config)
-    groups = [
-        {"params": backbone_params, "lr": config["lr"]},
-        {"params": head_params + list(loss_fn.parameters()), "lr": config["head_lr"]},
-    ]
-    optimizer = torch.optim.Adam([g for g in groups if g["params"]], weight_decay=config["weight_decay"])
+    optimizer = torch.optim.Adam(parameter_groups(model, loss_fn, config), weight_decay=config["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
     # fp16 gradients underflow without loss scaling; disabled (a pass-through) unless amp="fp16"
     scaler = torch.amp.GradScaler(device.type, enabled=config.get("amp", "off") == "fp16")

@@ -26,6 +26,9 @@ Learning-rate schedule: `lr_schedule="step"` multiplies the rates by `lr_gamma` 
 `lr_milestones`; `"cosine"` decays them to 0 along a half cosine over `iterations`. Either
 starts with a linear warm-up over `warmup_iterations` (0: none).
 
+`loss_lr` is the learning rate of the loss's own parameters (triplet-center's class
+centres; 0: the head's `head_lr`).
+
 Cheap augmentation of cached activations (cpu): `feature_crop=c` trains on a random c x c
 window of each cached activation map (evaluation sees the whole map; the convolutions and
 the global pooling accept either size, and a smaller map is a cheaper step);
@@ -85,6 +88,7 @@ PROFILES: dict[str, dict] = {
         optimizer="adam",
         lr=1e-3,
         head_lr=1e-3,
+        loss_lr=0.0,
         weight_decay=0.0,
         lr_milestones=(),
         lr_gamma=0.1,
@@ -125,6 +129,7 @@ PROFILES: dict[str, dict] = {
         optimizer="adam",
         lr=1e-4,
         head_lr=1e-4,
+        loss_lr=0.0,
         weight_decay=5e-4,
         lr_milestones=(),
         lr_gamma=0.1,
@@ -165,6 +170,7 @@ PROFILES: dict[str, dict] = {
         optimizer="adam",
         lr=3e-5,
         head_lr=3e-5,
+        loss_lr=0.0,
         weight_decay=5e-4,
         lr_milestones=(1200, 2400),
         lr_gamma=0.1,

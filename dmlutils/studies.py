@@ -64,10 +64,13 @@ STUDIES: dict[str, dict[str, dict]] = {
         "scale_30": {"loss.scale": 30.0},
     },
     # The centres start at random and learn at the head's rate: a faster rate lets them
-    # reach the classes before the embeddings are pulled towards where they started.
+    # reach the classes before the embeddings are pulled towards where they started —
+    # for the head and centres together, or (as proxy-based losses are trained, e.g.
+    # Proxy Anchor's proxies at 100x) for the centres alone.
     "triplet_center": {
         "default": {},
         "head_lr_1e-3": {"head_lr": 1e-3},
+        "centre_lr_1e-2": {"loss_lr": 1e-2},
     },
     # The ranked list loss paper's CUB setting (m = 0.4, alpha = 1.2) beside our default.
     "ranked_list": {

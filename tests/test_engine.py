@@ -127,3 +127,22 @@ def test_cached_profile_trains_exactly_the_blocks_after_the_cache():
     assert any(n.startswith("_conv_head.") for n in trained)
     assert not any(n.startswith(("_conv_stem.", "_bn0.", "_fc.")) for n in trained)
     assert len(head_params) == 2  # the linear layer's weight and bias
+
+
+def test_the_loss_parameters_learn_at_loss_lr_or_else_at_the_heads_rate():
+    from dmlutils.losses.triplet_center import TripletCenterLoss
+
+    config = smoke("triplet_center", head_lr=0.002)
+    model, loss_fn = engine.build_model(config), TripletCenterLoss(num_classes=5, embedding_dim=config["embedding_dim"])
+    centres = {id(p) for p in loss_fn.parameters()}
+
+    def centre_rate(groups):
+        (rate,) = [g["lr"] for g in groups if {id(p) for p in g["params"]} == centres]
+        return rate
+
+    assert centre_rate(engine.parameter_groups(model, loss_fn, config)) == 0.002
+    assert centre_rate(engine.parameter_groups(model, loss_fn, {**config, "loss_lr": 0.05})) == 0.05
+    # a loss without parameters adds no group: the same two groups as before `loss_lr` existed
+    from dmlutils.losses import get_loss
+
+    assert len(engine.parameter_groups(model, get_loss("multi_similarity"), config)) == 2
