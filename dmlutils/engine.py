@@ -371,13 +371,15 @@ def _trainable_parameters(model, config):
 
 def parameter_groups(model, loss_fn, config) -> list[dict]:
     """The optimiser's groups: the trained blocks at `lr`, the embedding head at `head_lr`,
-    the loss's own parameters (triplet-center's class centres) at `loss_lr` (0: `head_lr`).
-    Empty groups are left out, so a loss without parameters keeps the two groups."""
+    the loss's own parameters (triplet-center's class centres) at `loss_lr`. With `loss_lr`
+    0 (the default) they join the head's group, as before the setting existed, so the
+    checkpoints of such runs still resume. Empty groups are left out."""
     backbone_params, head_params = _trainable_parameters(model, config)
+    loss_params = list(loss_fn.parameters())
     groups = [
         {"params": backbone_params, "lr": config["lr"]},
-        {"params": head_params, "lr": config["head_lr"]},
-        {"params": list(loss_fn.parameters()), "lr": config["loss_lr"] or config["head_lr"]},
+        {"params": head_params + ([] if config["loss_lr"] else loss_params), "lr": config["head_lr"]},
+        {"params": loss_params if config["loss_lr"] else [], "lr": config["loss_lr"]},
     ]
     return [g for g in groups if g["params"]]
 
