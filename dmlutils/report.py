@@ -75,6 +75,8 @@ def paired(a: dict[int, dict], b: dict[int, dict], metric: str = CRITERION) -> P
     if len(diffs) < 2:
         return PairedDifference(mean, None, 1, None, None, seeds)
     std = statistics.stdev(diffs)
+    if std <= 1e-12 * max(1.0, abs(mean)):  # equal differences, up to the rounding of the metrics
+        std = 0.0
     if std == 0:
         t, p = (math.inf if mean else 0.0), (0.0 if mean else 1.0)
     else:
@@ -93,6 +95,8 @@ def verdict(diff: PairedDifference, a: str, b: str, metric_name: str = "R@1", sc
     if diff.n == 1:
         return f"{size} on one seed: too few seeds to tell it from the noise."
     reading = "exceeds the seed noise" if diff.exceeds_noise else "is within the seed noise"
+    if diff.std == 0:
+        return f"{size}, the same on each of its {diff.n} seeds: the difference {reading}."
     return (
         f"{size} (per-seed differences: std {diff.std * scale:.1f}, n={diff.n}; paired t = {diff.t:.1f}, "
         f"p = {diff.p:.3f}): the difference {reading}."
