@@ -69,24 +69,26 @@ class ContrastiveLoss(SimilarityLoss):
 
     def from_similarity(self, S: Tensor, labels: Tensor, reference_labels: Tensor | None = None) -> Tensor:
         check_similarity(S, labels, reference_labels)
-        _, _, over_positive, over_negative = self._pairs(S, labels, reference_labels)
-        return masked_mean(F.relu(self.pos_margin - S), over_positive) + masked_mean(F.relu(S - self.neg_margin), over_negative)
-
-    def _pairs(self, S: Tensor, labels: Tensor, reference_labels: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(pulled, pushed, over_positive, over_negative): the violating positive and negative
-        pairs — strictly, S_ij < pos_margin and S_ij > neg_margin, so at the hinge's kink the
-        zero sub-gradient is used, as autograd's relu does — and the pairs each side's mean
-        runs over: all of its pairs ("mean") or its violating ones ("nonzero_mean")."""
         positive, negative = label_masks(labels, reference_labels)
-        pulled, pushed = positive & (S < self.pos_margin), negative & (S > self.neg_margin)
         if self.reduction == "nonzero_mean":
-            return pulled, pushed, pulled, pushed
-        return pulled, pushed, positive, negative
+            positive, negative = self._violating(S, positive, negative)
+        # Over all of a side's pairs ("mean") the hinge is 0 on the pairs that do not violate.
+        return masked_mean(F.relu(self.pos_margin - S), positive) + masked_mean(F.relu(S - self.neg_margin), negative)
+
+    def _violating(self, S: Tensor, positive: Tensor, negative: Tensor) -> tuple[Tensor, Tensor]:
+        """The violating positive and negative pairs: strictly, S_ij < pos_margin and
+        S_ij > neg_margin, so at the hinge's kink the zero sub-gradient is used, as
+        autograd's relu does."""
+        return positive & (S < self.pos_margin), negative & (S > self.neg_margin)
 
     def pair_weights(self, S: Tensor, labels: Tensor, reference_labels: Tensor | None = None) -> Tensor:
-        """W = -dL/dS: 1/n_pos on violating positives, -1/n_neg on violating negatives."""
+        """W = -dL/dS: 1/n_+ on violating positives, -1/n_- on violating negatives, where a
+        side's n counts its pairs ("mean") or its violating pairs ("nonzero_mean")."""
         check_similarity(S, labels, reference_labels)
-        pulled, pushed, over_positive, over_negative = self._pairs(S, labels, reference_labels)
-        n_positive = over_positive.sum().clamp_min(1).to(S.dtype)
-        n_negative = over_negative.sum().clamp_min(1).to(S.dtype)
+        positive, negative = label_masks(labels, reference_labels)
+        pulled, pushed = self._violating(S, positive, negative)
+        if self.reduction == "nonzero_mean":
+            positive, negative = pulled, pushed
+        n_positive = positive.sum().clamp_min(1).to(S.dtype)
+        n_negative = negative.sum().clamp_min(1).to(S.dtype)
         return pulled.to(S.dtype) / n_positive - pushed.to(S.dtype) / n_negative
