@@ -103,6 +103,48 @@ def verdict(diff: PairedDifference, a: str, b: str, metric_name: str = "R@1", sc
     )
 
 
+def against_baseline(by_seed: dict[int, dict], baseline: dict[int, dict], metric: str = CRITERION) -> PairedDifference:
+    """by_seed − the baseline, per seed, tested as `paired` does. The baseline (pretrained
+    features, no training) has no sampler, head or augmentation, so every seed would give
+    the same record: its one record stands for each of by_seed's seeds, and the paired test
+    becomes a one-sample t-test of the run's seeds against the baseline's value."""
+    values = {round(final_value(r, metric), 12) for r in (baseline or {}).values()}
+    if len(values) > 1:
+        raise ValueError(f"the baseline's seeds differ in {metric} ({sorted(values)}): it should not depend on the seed")
+    if not baseline:
+        return paired({}, {}, metric)
+    record = next(iter(baseline.values()))
+    return paired(by_seed, {s: record for s in by_seed or {}}, metric)
+
+
+def side(diff: PairedDifference) -> str | None:
+    """Where a run stands against the other of a paired difference: "above", "level" (the
+    difference is within the seed noise) or "below"; None with fewer than two common seeds."""
+    if diff.exceeds_noise is None:
+        return None
+    return "level" if not diff.exceeds_noise else "above" if diff.mean > 0 else "below"
+
+
+def sides_text(sides: dict[str, str | None], words: dict[str, str] | None = None) -> str:
+    """'above 2 (a, b); level 1 (c)' from {name: side}, in the order above, level, below,
+    sides with no name left out, then the names too few seeds could place."""
+    words = {"above": "above", "level": "level within the noise with", "below": "below", **(words or {})}
+    parts = [f"{words[s]} {len(names)} ({', '.join(names)})" for s in ("above", "level", "below")
+             if (names := [n for n, v in sides.items() if v == s])]
+    untested = [n for n, v in sides.items() if v is None]
+    if untested:
+        parts.append(f"too few seeds (fewer than two) to tell: {', '.join(untested)}")
+    return "; ".join(parts)
+
+
+def best_at_start(by_seed: dict[int, dict], metric: str = CRITERION) -> bool:
+    """True when every seed's best evaluation is its first one (iteration 0, before any
+    step): training only ever lowered the metric."""
+    return bool(by_seed) and all(
+        max(r["evaluations"], key=lambda e: e["metrics"][metric]) is r["evaluations"][0] and r["evaluations"][0]["iteration"] == 0
+        for r in by_seed.values())
+
+
 def effect_over_noise(value: SeedSummary, reference: SeedSummary) -> float | None:
     """(value - reference) / the reference's seed std: how many seed spreads apart."""
     if value.n == 0 or reference.std in (None, 0):

@@ -95,3 +95,36 @@ def test_differences_equal_up_to_rounding_have_no_spread_and_say_so():
     assert diff.std == 0.0 and diff.p == 0.0 and diff.exceeds_noise
     text = report.verdict(diff, "x", "y")
     assert "the same on each of its 2 seeds" in text and "t =" not in text
+
+
+def test_a_run_is_compared_with_the_seed_independent_baseline_on_each_of_its_seeds():
+    baseline = records(0.50)
+    d = report.against_baseline(records(0.52, 0.55, 0.53), baseline)
+    expected = stats.ttest_1samp([0.52, 0.55, 0.53], 0.50)
+    assert d.n == 3 and d.mean == pytest.approx(0.0333333, abs=1e-6)
+    assert d.t == pytest.approx(expected.statistic) and d.p == pytest.approx(expected.pvalue)
+    assert report.against_baseline(records(0.49, 0.52, 0.50), baseline).exceeds_noise is False
+    assert report.against_baseline(records(0.52), baseline).exceeds_noise is None
+    assert report.against_baseline(records(0.52), {}).n == 0
+    with pytest.raises(ValueError, match="should not depend on the seed"):
+        report.against_baseline(records(0.52), records(0.50, 0.51))
+
+
+def test_best_at_start_means_every_seed_peaked_before_its_first_step():
+    def run(*values):
+        return {"evaluations": [{"iteration": 100 * i, "metrics": {"recall@1": v}} for i, v in enumerate(values)],
+                "final": {"recall@1": values[-1]}}
+    assert report.best_at_start({0: run(0.5, 0.4, 0.3), 1: run(0.5, 0.45, 0.4)})
+    assert not report.best_at_start({0: run(0.5, 0.4, 0.3), 1: run(0.5, 0.55, 0.4)})
+    assert not report.best_at_start({})
+
+
+def test_side_and_its_sentence_place_each_run_against_the_noise():
+    above = report.paired(records(0.60, 0.62, 0.61), records(0.55, 0.58, 0.57))
+    below = report.paired(records(0.55, 0.58, 0.57), records(0.60, 0.62, 0.61))
+    level = report.paired(records(0.60, 0.55, 0.61), records(0.58, 0.58, 0.58))
+    one_seed = report.paired(records(0.6), records(0.5))
+    assert [report.side(d) for d in (above, below, level, one_seed)] == ["above", "below", "level", None]
+    sides = {"a": "above", "b": "below", "c": "above", "d": None}
+    assert report.sides_text(sides) == "above 2 (a, c); below 1 (b); too few seeds (fewer than two) to tell: d"
+    assert report.sides_text({"c": "level"}, {"level": "level with"}) == "level with 1 (c)"
