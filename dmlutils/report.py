@@ -137,6 +137,60 @@ def sides_text(sides: dict[str, str | None], words: dict[str, str] | None = None
     return "; ".join(parts)
 
 
+def sweep_side(by_seed: dict[int, dict], default: dict[int, dict], metric: str = CRITERION) -> str | None:
+    """A swept setting against the default: `side` of the paired difference over two or more
+    common seeds; with one seed, "level" when it lies within the default's mean ± seed std
+    (the manifest's escalation rule), else None (it needs the escalation's seeds to tell)."""
+    diff = paired(by_seed, default, metric)
+    if diff.n >= 2:
+        return side(diff)
+    ratio = effect_over_noise(summarise(by_seed, metric), summarise(default, metric))
+    return "level" if ratio is not None and abs(ratio) <= 1 else None
+
+
+def claim_status(sides: list[str | None], expected: str = "above") -> str:
+    """Whether the comparisons behind one of the paper's claims bear it out: "holds",
+    "does not hold" or "unresolved". `sides` places the paper's favoured run against the
+    other of each comparison (`side`; None: too few seeds). expected="above": the favoured
+    run should be above in every comparison; one below beyond the noise refutes the claim.
+    expected="level" (a robustness claim): every comparison should be within the noise."""
+    if expected not in ("above", "level"):
+        raise ValueError(f"expected must be 'above' or 'level', not {expected!r}")
+    decided = [s for s in sides if s is not None]
+    if expected == "above":
+        if "below" in decided:
+            return "does not hold"
+        if len(decided) < len(sides) or not sides:
+            return "unresolved"
+        return "holds" if all(s == "above" for s in sides) else "does not hold"
+    if any(s != "level" for s in decided):
+        return "does not hold"
+    return "holds" if sides and len(decided) == len(sides) else "unresolved"
+
+
+def run_cost(loaded: dict[str, dict[int, dict]]) -> dict | None:
+    """What one training run costs, from the records' own timings (median over runs, with
+    the range): wall time, training seconds per iteration, seconds per evaluation and the
+    evaluations per run, and the activation cache's build time. None without a training record."""
+    trained = [r for by_seed in loaded.values() for r in by_seed.values() if r.get("kind", "train") == "train" and r.get("evaluations")]
+    if not trained:
+        return None
+
+    def spread(values):
+        values = sorted(values)
+        return {"median": statistics.median(values), "min": values[0], "max": values[-1]}
+
+    caches = [float(r["cache_seconds"]) for r in trained if r.get("cache_seconds")]
+    return {
+        "runs": len(trained),
+        "wall_seconds": spread(float(r["wall_time_seconds"]) for r in trained),
+        "seconds_per_iteration": spread(sum(e["train_seconds"] for e in r["evaluations"]) / r["config"]["iterations"] for r in trained),
+        "seconds_per_evaluation": spread(statistics.fmean(e["eval_seconds"] for e in r["evaluations"]) for r in trained),
+        "evaluations_per_run": spread(len(r["evaluations"]) for r in trained),
+        "cache_seconds": spread(caches) if caches else None,
+    }
+
+
 def best_at_start(by_seed: dict[int, dict], metric: str = CRITERION) -> bool:
     """True when every seed's best evaluation is its first one (iteration 0, before any
     step): training only ever lowered the metric."""

@@ -128,3 +128,43 @@ def test_side_and_its_sentence_place_each_run_against_the_noise():
     sides = {"a": "above", "b": "below", "c": "above", "d": None}
     assert report.sides_text(sides) == "above 2 (a, c); below 1 (b); too few seeds (fewer than two) to tell: d"
     assert report.sides_text({"c": "level"}, {"level": "level with"}) == "level with 1 (c)"
+
+
+def test_a_swept_setting_with_one_seed_is_level_only_inside_the_defaults_seed_band():
+    default = records(0.50, 0.52, 0.54)  # mean 0.52, std 0.02
+    assert report.sweep_side({0: {"final": {"recall@1": 0.535}}}, default) == "level"
+    assert report.sweep_side({0: {"final": {"recall@1": 0.545}}}, default) is None  # escalation decides
+    assert report.sweep_side(records(0.56, 0.58, 0.60), default) == "above"  # three seeds: the paired test
+    assert report.sweep_side(records(0.51, 0.525, 0.53), default) == "level"
+    assert report.sweep_side({}, default) is None
+
+
+def test_a_claim_holds_only_when_every_comparison_bears_it_out():
+    assert report.claim_status(["above", "above"]) == "holds"
+    assert report.claim_status(["above", "level"]) == "does not hold"
+    assert report.claim_status(["above", None]) == "unresolved"
+    assert report.claim_status(["below", None]) == "does not hold"  # refuted whatever the rest says
+    assert report.claim_status([]) == "unresolved"
+    assert report.claim_status(["level", "level"], expected="level") == "holds"
+    assert report.claim_status(["level", None], expected="level") == "unresolved"
+    assert report.claim_status(["above", None], expected="level") == "does not hold"
+    with pytest.raises(ValueError, match="expected"):
+        report.claim_status(["above"], expected="better")
+
+
+def test_the_cost_of_one_run_comes_from_the_records_own_timings():
+    def run(wall, segments, evals, cache=None):
+        evaluations = [{"train_seconds": t, "eval_seconds": e} for t, e in zip(segments, evals)]
+        return {"kind": "train", "wall_time_seconds": wall, "config": {"iterations": 200}, "evaluations": evaluations,
+                "cache_seconds": cache}
+
+    loaded = {"a": {0: run(300.0, [0.0, 100.0, 100.0], [10.0, 20.0, 30.0], cache=1000.0)},
+              "b": {0: run(500.0, [0.0, 200.0, 200.0], [30.0, 30.0, 30.0])},
+              "baseline": {0: {"kind": "baseline", "wall_time_seconds": 60.0, "evaluations": [{"train_seconds": 0, "eval_seconds": 60}]}}}
+    cost = report.run_cost(loaded)
+    assert cost["runs"] == 2
+    assert cost["wall_seconds"] == {"median": 400.0, "min": 300.0, "max": 500.0}
+    assert cost["seconds_per_iteration"] == {"median": 1.5, "min": 1.0, "max": 2.0}
+    assert cost["seconds_per_evaluation"]["min"] == pytest.approx(20.0) and cost["evaluations_per_run"]["median"] == 3
+    assert cost["cache_seconds"]["median"] == 1000.0
+    assert report.run_cost({"baseline": loaded["baseline"]}) is None
