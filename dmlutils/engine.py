@@ -503,12 +503,21 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
                 f"the checkpoint in {run_dir} was made with other settings ({', '.join(changed)} differ); "
                 "resume with the same settings, or delete that folder (or choose another --run-dir) to start afresh"
             )
-        model.load_state_dict(state["model"])
-        loss_fn.load_state_dict(state["loss"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
+        try:
+            model.load_state_dict(state["model"])
+            loss_fn.load_state_dict(state["loss"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if "scaler" in state:
+                scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            # same settings, other code: an older dmlutils laid out the parameters or the
+            # optimiser's groups differently, and PyTorch's own message does not say so
+            raise ValueError(
+                f"the checkpoint in {run_dir} does not fit this version of dmlutils ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else 'no detail'}); delete that folder (or choose another "
+                "--run-dir) to start afresh"
+            ) from error
         record, step = state["record"], state["step"]
         record["config"] = config
         record["resumed_at"] = record.get("resumed_at", []) + [step]

@@ -94,6 +94,16 @@ def test_resume_refuses_a_checkpoint_made_with_other_settings(tmp_path):
         engine.train(smoke(lr=0.5), tmp_path / "run", resume=True, progress=False, device="cpu")
 
 
+def test_resume_names_a_checkpoint_another_version_of_the_code_wrote(tmp_path):
+    engine.train(smoke(), tmp_path / "run", stop_after=10, progress=False, device="cpu")
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=False)
+    state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:1]  # another group layout
+    torch.save(state, checkpoint)
+    with pytest.raises(ValueError, match="does not fit this version of dmlutils.*delete that folder"):
+        engine.train(smoke(), tmp_path / "run", resume=True, progress=False, device="cpu")
+
+
 @pytest.mark.parametrize("loss", ["triplet_center", "npair", "ranked_list"])
 def test_every_kind_of_loss_trains(loss, tmp_path):
     record = engine.train(
