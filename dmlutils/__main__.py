@@ -35,12 +35,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dmlutils", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def common(p):
+    def common(p, one_record=True):
         p.add_argument("--profile", default="cpu", help=f"one of {', '.join(PROFILES)}")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile setting, or loss.<hparam>")
         p.add_argument("--root", default=None, help="data root (default: $DML_DATA, else ./data)")
         p.add_argument("--results", default="results", help="folder of run records (default: results/)")
-        p.add_argument("--record", default=None, help="write the run record here instead of results/<profile>/<name>.json")
+        if one_record:  # a study writes many records, each at its own place under --results
+            p.add_argument("--record", default=None, help="write the run record here instead of results/<profile>/<name>/seed_<n>.json")
         p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
     train_parser = commands.add_parser("train", help="train one loss and write its run record")
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     ablation_parser.add_argument("--quiet", action="store_true")
 
     study_parser = commands.add_parser("study", help="choose losses' settings on held-out training classes, then train them (dmlutils.studies)")
-    common(study_parser)
+    common(study_parser, one_record=False)
     study_parser.add_argument("loss", nargs="*", help="losses with a study in dmlutils/studies.py (default: all of them)")
     study_parser.add_argument("--processes", type=int, default=1, help="runs side by side, one thread each (default: 1)")
     study_parser.add_argument("--runs", default="runs", help="folder of checkpoints (default: runs/)")

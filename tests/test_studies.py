@@ -224,3 +224,12 @@ def test_the_study_command_runs_every_study_unless_told_which(monkeypatch, capsy
     assert main(["study", "npair", "--profile", "smoke", "--set", "iterations=4"]) == 0
     assert calls == [(list(studies.STUDIES), "smoke", 2, {}), (["npair"], "smoke", 1, {"iterations": "4"})]
     assert "npair: validation default=0.5000; chose default; test records smoke/npair/seed_0.json" in capsys.readouterr().out
+
+
+def test_study_has_no_single_record_option(capsys):
+    from dmlutils.__main__ import main as cli
+
+    # a study writes a record per candidate and seed: one --record path cannot hold them
+    with pytest.raises(SystemExit) as stopped:
+        cli(["study", "--profile", "smoke", "--record", "r.json"])
+    assert stopped.value.code == 2 and "unrecognized arguments: --record" in capsys.readouterr().err
