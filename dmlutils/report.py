@@ -87,6 +87,13 @@ def paired(a: dict[int, dict], b: dict[int, dict], metric: str = CRITERION) -> P
     return PairedDifference(mean, std, len(diffs), t, p, seeds)
 
 
+def p_text(p: float, digits: int = 3, space: str = "") -> str:
+    """'p=0.04', or 'p<0.001' when p rounds to zero at `digits` (never 'p=0.000')."""
+    if p < 10**-digits:
+        return f"p{space}<{space}{10**-digits:.{digits}f}"
+    return f"p{space}={space}{p:.{digits}f}"
+
+
 def verdict(diff: PairedDifference, a: str, b: str, metric_name: str = "R@1", scale: float = 100.0) -> str:
     """One sentence on a paired difference: its size, spread and whether it exceeds the noise."""
     if diff.n == 0:
@@ -99,7 +106,7 @@ def verdict(diff: PairedDifference, a: str, b: str, metric_name: str = "R@1", sc
         return f"{size}, the same on each of its {diff.n} seeds: the difference {reading}."
     return (
         f"{size} (per-seed differences: std {diff.std * scale:.1f}, n={diff.n}; paired t = {diff.t:.1f}, "
-        f"p = {diff.p:.3f}): the difference {reading}."
+        f"{p_text(diff.p, 3, ' ')}): the difference {reading}."
     )
 
 
@@ -213,7 +220,7 @@ def short_verdict(diff: PairedDifference, scale: float = 100.0) -> str:
     if diff.n == 1:
         return f"{diff.mean * scale:+.1f} (one seed)"
     reading = "beyond the noise" if diff.exceeds_noise else "within the noise"
-    return f"{diff.mean * scale:+.1f} (std {diff.std * scale:.1f}, n={diff.n}, p={diff.p:.2f}): {reading}"
+    return f"{diff.mean * scale:+.1f} (std {diff.std * scale:.1f}, n={diff.n}, {p_text(diff.p, 2)}): {reading}"
 
 
 def group_rows(loaded: dict[str, dict[int, dict]], names, reference: str | None = "multi_similarity",

@@ -35,7 +35,8 @@ VALIDATION_CLASSES = {"smoke": 2, "cpu": 20, "paper": 20}
 CRITERION = "map@r"
 REFERENCE = "multi_similarity"  # also run on the held-out classes, beside the studies
 
-# loss -> {setting name: --set overrides}; "default" is the loss's paper setting. Two or
+# loss -> {setting name: --set overrides}; "default" is the loss's defaults (its paper's
+# setting, or as `DEFAULT_NAMES` says). Two or
 # three candidates each: every one is a 400-iteration run (about 10-20 minutes on 2 cores).
 STUDIES: dict[str, dict[str, dict]] = {
     # pos_margin 1 pulls every positive pair to S = 1; a lower one stops pulling earlier.
@@ -79,6 +80,17 @@ STUDIES: dict[str, dict[str, dict]] = {
     },
 }
 
+
+# What each study's "default" is, where it is not the loss's paper setting: the ranked list
+# loss defaults to its official code's CUB setting (dmlutils.losses.ranked_list), and the
+# paper's own CUB setting is one of its candidates.
+DEFAULT_NAMES = {"ranked_list": "the official code's setting"}
+
+
+def default_name(loss: str) -> str:
+    """How a sentence names a study's "default" candidate: "the paper's setting" unless
+    `DEFAULT_NAMES` says otherwise."""
+    return DEFAULT_NAMES.get(loss, "the paper's setting")
 
 def study(loss: str) -> dict[str, dict]:
     if loss not in STUDIES:

@@ -168,3 +168,10 @@ def test_the_cost_of_one_run_comes_from_the_records_own_timings():
     assert cost["seconds_per_evaluation"]["min"] == pytest.approx(20.0) and cost["evaluations_per_run"]["median"] == 3
     assert cost["cache_seconds"]["median"] == 1000.0
     assert report.run_cost({"baseline": loaded["baseline"]}) is None
+
+
+def test_a_p_value_that_rounds_to_zero_is_written_as_a_bound():
+    assert report.p_text(0.0312) == "p=0.031" and report.p_text(0.0312, 2, " ") == "p = 0.03"
+    assert report.p_text(0.0004) == "p<0.001" and report.p_text(0.004, 2) == "p<0.01"
+    strong = report.paired(records(0.60, 0.70, 0.80), records(0.50, 0.6001, 0.70))
+    assert "p < 0.001" in report.verdict(strong, "a", "b") and "p=0.000" not in report.short_verdict(strong)
