@@ -207,12 +207,16 @@ def escalation_note(profile: str, results="results", processes: int = 1, only=No
         return None
     extra = len(ESCALATION_SEEDS) * len(undecided)
     slowdown = SIDE_BY_SIDE_SLOWDOWN if processes > 1 else 1.0
-    seconds = sum(estimate_seconds(Job(e.name, config_of(e, profile, 0), None, None, e.kind)) for e in undecided)
-    seconds *= len(ESCALATION_SEEDS) * slowdown
+    measured = measured_run_seconds(profile, results)
+    if measured:  # the records' own wall times already include the runs beside them
+        seconds = measured[0] * len(undecided) * len(ESCALATION_SEEDS)
+    else:
+        seconds = sum(estimate_seconds(Job(e.name, config_of(e, profile, 0), None, None, e.kind)) for e in undecided)
+        seconds *= len(ESCALATION_SEEDS) * slowdown
     return (f"Escalation may add runs to the plan: {len(undecided)} one-seed runs ({', '.join(e.name for e in undecided)}) each add seeds "
             f"{', '.join(map(str, ESCALATION_SEEDS))} if their first seed differs from the default's mean by more than its seed "
             f"std: up to {extra} more runs, about {seconds / 60:.0f} CPU-minutes, "
-            f"{seconds / 60 / max(1, processes):.0f} minutes of wall time more (estimate).")
+            f"{seconds / 60 / max(1, processes):.0f} minutes of wall time more ({'from the records made before' if measured else 'estimate'}).")
 
 
 def _selected(only) -> list[Run]:
@@ -255,6 +259,15 @@ def load(profile: str, results="results") -> dict[str, dict[int, dict]]:
     return found
 
 
+def measured_run_seconds(profile: str, results="results") -> tuple[float, int] | None:
+    """(median wall seconds, count) of the manifest's valid training records at `profile`,
+    the plan's time per training run once there are three or more; else None (the plan
+    falls back to `runner.estimate_seconds`)."""
+    seconds = [float(r["wall_time_seconds"]) for by_seed in load(profile, results).values() for r in by_seed.values()
+               if r.get("kind", "train") == "train" and "wall_time_seconds" in r]
+    return (statistics.median(seconds), len(seconds)) if len(seconds) >= 3 else None
+
+
 def run_manifest(profile: str, results="results", runs="runs", processes: int = 1, root=None, only=None, dry_run=False, echo=print,
                  progress: bool = True) -> int:
     """Run every missing (run, seed) of the manifest; repeats while escalations add seeds.
@@ -267,8 +280,9 @@ def run_manifest(profile: str, results="results", runs="runs", processes: int = 
         todo = {job.name for job, done in listed if not done}
         is_done = lambda job: job.name not in todo  # noqa: E731
         note = escalation_note(profile, results, processes, only) if not seen else None  # once, before the first batch
+        measured = measured_run_seconds(profile, results)
         if dry_run:
-            echo(plan([job for job, _ in listed], processes, is_done))
+            echo(plan([job for job, _ in listed], processes, is_done, measured))
             if note:
                 echo(note)
             return len(todo)
@@ -277,7 +291,7 @@ def run_manifest(profile: str, results="results", runs="runs", processes: int = 
         if not todo or todo <= seen:  # nothing new to run (a run that failed stays failed)
             return made
         seen |= todo
-        made += len(run_jobs([job for job, _ in listed], processes, progress=progress, echo=echo, is_done=is_done))
+        made += len(run_jobs([job for job, _ in listed], processes, progress=progress, echo=echo, is_done=is_done, measured=measured))
 
 
 def should_train(profile: str, train_missing: bool | None = None) -> bool:

@@ -117,28 +117,33 @@ def _report(bar, results: dict, name: str, seconds: float, final: dict) -> None:
     bar.write(f"{name}: {seconds / 60:.1f} min, " + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k in ("recall@1", "map@r")))
 
 
-def plan(jobs: list[Job], processes: int, is_done=None) -> str:
+def plan(jobs: list[Job], processes: int, is_done=None, measured: tuple[float, int] | None = None) -> str:
+    """What a batch will run and its time. `measured`: (median wall seconds, count) of the
+    training records already made at this profile, which replaces the first-guess estimate
+    of each training run (those records' times include whatever ran beside them)."""
     is_done = is_done or (lambda job: finished(job.record_path))
     todo = [job for job in jobs if not is_done(job)]
     lines = [f"{len(jobs)} runs, {len(jobs) - len(todo)} with a record already; {len(todo)} to run, {processes} at a time:"]
     total = 0.0
     slowdown = SIDE_BY_SIDE_SLOWDOWN if min(processes, len(todo)) > 1 else 1.0
     for job in todo:
-        seconds = estimate_seconds(job) * slowdown
+        seconds = measured[0] if measured and job.kind == "train" else estimate_seconds(job) * slowdown
         total += seconds
         lines.append(f"  {job.name:<40} about {seconds / 60:5.1f} min")
     if todo:
-        lines.append(f"about {total / 60:.0f} CPU-minutes, {total / 60 / max(1, min(processes, len(todo))):.0f} minutes of wall time (estimate)")
+        source = f"training runs at the median wall time of {measured[1]} records made before" if measured else "estimate"
+        lines.append(f"about {total / 60:.0f} CPU-minutes, {total / 60 / max(1, min(processes, len(todo))):.0f} minutes of wall time ({source})")
     return "\n".join(lines)
 
 
-def run_jobs(jobs: list[Job], processes: int = 1, progress: bool = True, echo=print, is_done=None, device: str | None = None) -> dict[str, dict]:
+def run_jobs(jobs: list[Job], processes: int = 1, progress: bool = True, echo=print, is_done=None, device: str | None = None,
+             measured: tuple[float, int] | None = None) -> dict[str, dict]:
     """Run every job that is not done (default: has no finished record); returns
     {name: final metrics} of those run. `device`: None is a GPU if there is one, in this
     process; worker processes (`processes` > 1) run on the CPU unless told otherwise."""
     is_done = is_done or (lambda job: finished(job.record_path))
     todo = [job for job in jobs if not is_done(job)]
-    echo(plan(jobs, processes, is_done))
+    echo(plan(jobs, processes, is_done, measured))
     if not todo:
         return {}
     for job in todo:  # fail before anything runs, not after an hour

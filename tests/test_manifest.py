@@ -139,3 +139,22 @@ def test_the_plan_names_the_runs_escalation_may_still_add(tmp_path):
     said = []
     manifest.run_manifest("cpu", tmp_path, tmp_path / "runs", processes=2, only=["group:beta"], dry_run=True, echo=said.append)
     assert said[-1] == note
+
+
+def test_the_plan_times_training_runs_by_the_records_already_made(tmp_path):
+    import re
+
+    from dmlutils.runner import Job, plan
+
+    results = tmp_path / "results"
+    assert manifest.measured_run_seconds("smoke", results) is None  # no record: the first guess
+    made = manifest.run_manifest("smoke", results, tmp_path / "runs", processes=1, only=["multi_similarity", "ms_dim_128"],
+                                 echo=lambda *_: None, progress=False)
+    assert made == 3  # MS at two seeds, ms_dim_128 at one
+    walls = sorted(r["wall_time_seconds"] for by_seed in manifest.load("smoke", results).values() for r in by_seed.values())
+    median, count = manifest.measured_run_seconds("smoke", results)
+    assert count == 3 and median == walls[1]
+    jobs = [Job(f"ms seed {s}", manifest.config_of(manifest.run("multi_similarity"), "cpu", s), tmp_path / f"{s}.json", tmp_path) for s in (5, 6)]
+    text = plan(jobs, 2, measured=(600.0, 7))
+    assert re.search(r"ms seed 5 +about +10\.0 min", text)
+    assert "about 20 CPU-minutes, 10 minutes of wall time (training runs at the median wall time of 7 records made before)" in text
