@@ -8,6 +8,7 @@ tmp_path, not the whole book) and the default-profile rule.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -48,6 +49,9 @@ class TestSourceNotebook:
     def test_valid_nbformat_and_stripped(self, path):
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
+        # nbformat.read fills in a missing cell id (and warns while executing): check the file
+        raw = json.loads(path.read_text())
+        assert all("id" in cell for cell in raw["cells"]), f"{path.name}: a cell has no id; give each cell a unique one"
         for cell in code_cells(nb):
             assert cell.outputs == [], f"{path.name}: a code cell has outputs; run python -m dmlutils.book --strip"
             assert cell.execution_count is None, f"{path.name}: a code cell has an execution count"
