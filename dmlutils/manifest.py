@@ -198,7 +198,8 @@ def undecided_escalations(profile: str, results="results", only=None) -> list[Ru
     return undecided
 
 
-def escalation_note(profile: str, results="results", processes: int = 1, only=None) -> str | None:
+def escalation_note(profile: str, results="results", processes: int = 1, only=None,
+                    measured: tuple[float, int] | None = None) -> str | None:
     """A line for the plan: the runs that escalation may still add, with their time."""
     from .runner import SIDE_BY_SIDE_SLOWDOWN, Job, estimate_seconds
 
@@ -207,8 +208,7 @@ def escalation_note(profile: str, results="results", processes: int = 1, only=No
         return None
     extra = len(ESCALATION_SEEDS) * len(undecided)
     slowdown = SIDE_BY_SIDE_SLOWDOWN if processes > 1 else 1.0
-    measured = measured_run_seconds(profile, results)
-    if measured:  # the records' own wall times already include the runs beside them
+    if measured:  # `measured_run_seconds`: the records' own wall times include the runs beside them
         seconds = measured[0] * len(undecided) * len(ESCALATION_SEEDS)
     else:
         seconds = sum(estimate_seconds(Job(e.name, config_of(e, profile, 0), None, None, e.kind)) for e in undecided)
@@ -279,8 +279,8 @@ def run_manifest(profile: str, results="results", runs="runs", processes: int = 
         listed = jobs(profile, results, runs, root, only)
         todo = {job.name for job, done in listed if not done}
         is_done = lambda job: job.name not in todo  # noqa: E731
-        note = escalation_note(profile, results, processes, only) if not seen else None  # once, before the first batch
         measured = measured_run_seconds(profile, results)
+        note = escalation_note(profile, results, processes, only, measured) if not seen else None  # once, before the first batch
         if dry_run:
             echo(plan([job for job, _ in listed], processes, is_done, measured))
             if note:

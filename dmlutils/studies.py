@@ -92,6 +92,7 @@ def default_name(loss: str) -> str:
     `DEFAULT_NAMES` says otherwise."""
     return DEFAULT_NAMES.get(loss, "the paper's setting")
 
+
 def study(loss: str) -> dict[str, dict]:
     if loss not in STUDIES:
         raise ValueError(f"no setting study for loss {loss!r}; studies exist for: {', '.join(STUDIES)}")
