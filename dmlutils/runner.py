@@ -111,10 +111,12 @@ def _run(job: Job, progress: bool = False, device: str | None = "cpu") -> tuple[
     return job.name, time.perf_counter() - started, record.get("final", {})
 
 
-def _report(bar, results: dict, name: str, seconds: float, final: dict) -> None:
+def _report(bar, echo, results: dict, name: str, seconds: float, final: dict) -> None:
     results[name] = final
     bar.update(1)
-    bar.write(f"{name}: {seconds / 60:.1f} min, " + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k in ("recall@1", "map@r")))
+    line = f"{name}: {seconds / 60:.1f} min, " + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k in ("recall@1", "map@r"))
+    # Above a live bar, tqdm's write keeps the bar intact; without one the caller's echo decides (a chapter silences it).
+    (echo if bar.disable else bar.write)(line)
 
 
 def plan(jobs: list[Job], processes: int, is_done=None, measured: tuple[float, int] | None = None) -> str:
@@ -154,7 +156,7 @@ def run_jobs(jobs: list[Job], processes: int = 1, progress: bool = True, echo=pr
     if processes <= 1:
         bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
         for job in todo:  # in this process: the run's own progress bar, and a GPU if there is one
-            _report(bar, results, *_run(job, progress=progress, device=device))
+            _report(bar, echo, results, *_run(job, progress=progress, device=device))
         bar.close()
         return results
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the workers before torch loads there
@@ -163,6 +165,6 @@ def run_jobs(jobs: list[Job], processes: int = 1, progress: bool = True, echo=pr
         pending = [pool.submit(_run, job, False, device or "cpu") for job in todo]
         bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
         for future in futures.as_completed(pending):
-            _report(bar, results, *future.result())
+            _report(bar, echo, results, *future.result())
         bar.close()
     return results

@@ -8,9 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+from dmlutils.runner import Job, run_jobs
+
 RUNNER = """
 import sys
 from pathlib import Path
+
+from dmlutils.runner import Job, run_jobs
 from dmlutils.profiles import make_config
 from dmlutils.runner import Job, run_jobs
 out = Path(sys.argv[1])
@@ -60,3 +64,15 @@ def test_workers_stop_when_the_runner_is_killed(tmp_path):
         for p in workers:
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_a_silenced_runner_prints_nothing_and_tells_echo(tmp_path, capsys):
+    # A chapter runs jobs with progress off and echo silenced; the per-run line used to reach
+    # the page anyway through tqdm's write.
+    from dmlutils.profiles import make_config
+
+    config = make_config("smoke", "multi_similarity", {"iterations": 2, "eval_every": 2})
+    told = []
+    run_jobs([Job("tiny run", config, tmp_path / "tiny.json", tmp_path / "tiny")], processes=1, progress=False, echo=told.append)
+    assert "tiny run" not in capsys.readouterr().out
+    assert [line for line in told if line.startswith("tiny run: ")], told
