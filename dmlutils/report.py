@@ -94,6 +94,16 @@ def p_text(p: float, digits: int = 3, space: str = "") -> str:
     return f"p{space}={space}{p:.{digits}f}"
 
 
+def duration_text(seconds: float) -> str:
+    """'40 s', '17.8 min' or '5.2 hours': a time in the unit a reader thinks in (a smoke run's
+    seconds are not '0.0 minutes')."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} hours"
+
+
 def verdict(diff: PairedDifference, a: str, b: str, metric_name: str = "R@1", scale: float = 100.0) -> str:
     """One sentence on a paired difference: its size, spread and whether it exceeds the noise."""
     if diff.n == 0:
