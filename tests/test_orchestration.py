@@ -4,6 +4,7 @@ import json
 import pytest
 
 from dmlutils.orchestration import ensure_studies
+from dmlutils.profiles import PROFILE_VERSIONS
 from dmlutils.records import RecordsNotFound
 
 
@@ -39,9 +40,9 @@ def test_ensure_studies_reads_a_finished_study_without_training(tmp_path, monkey
     monkeypatch.setitem(studies.STUDIES, "npair", {"default": {}})
     folder = tmp_path / "results" / "smoke"
     (folder / "study" / "npair").mkdir(parents=True)
-    final = {"final": {"recall@1": 0.5}, "evaluations": []}
+    final = {"final": {"recall@1": 0.5}, "evaluations": [], "profile_version": PROFILE_VERSIONS["smoke"]}
     (folder / "study" / "npair" / "default.json").write_text(json.dumps(final))
-    (folder / "study" / "npair" / "selection.json").write_text(json.dumps({"chosen": "default", "criterion": f"final validation {studies.CRITERION}", "scores": {"default": 0.5}, "test_records": {"0": "smoke/npair.json"}}))
+    (folder / "study" / "npair" / "selection.json").write_text(json.dumps({"chosen": "default", "criterion": f"final validation {studies.CRITERION}", "scores": {"default": 0.5}, "test_records": {"0": "smoke/npair.json"}, "profile_version": PROFILE_VERSIONS["smoke"]}))
     (folder / "npair.json").write_text(json.dumps(final))
     study = ensure_studies("smoke", ["npair"], tmp_path / "results", train_missing=True)["npair"]
     assert study["selection"]["chosen"] == "default" and study["tuned"] == {0: final} and list(study["validation"]) == ["default"]
