@@ -60,11 +60,20 @@ def cache_settings(config: dict) -> tuple:
     return tuple((k, config.get(k)) for k in CACHE_SETTINGS)
 
 
+def _data_identity(dataset) -> list:
+    """A data set as the cache key sees it: by its fingerprint (the images' content and
+    labels, `dmlutils.data.data_fingerprint`), not its folder, so a copy moved elsewhere keeps
+    its cache and images replaced in place never reuse a stale one."""
+    if hasattr(dataset, "fingerprint"):
+        return [len(dataset), dataset.fingerprint()["sha256"]]
+    return [len(dataset), str(getattr(dataset, "root", ""))]  # a data set of the caller's own
+
+
 def _cache_key(config: dict, train, test) -> str:
     identity = {k: config[k] for k in CACHE_SETTINGS}
-    identity["train"] = [len(train), str(getattr(train, "root", ""))]
-    identity["test"] = [len(test), str(getattr(test, "root", ""))]
-    identity["version"] = 1
+    identity["train"] = _data_identity(train)
+    identity["test"] = _data_identity(test)
+    identity["version"] = 2  # 2: data by fingerprint (1: by folder)
     return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -99,3 +99,24 @@ def test_a_cache_with_more_views_extends_the_one_with_fewer_and_equals_a_fresh_b
     assert torch.equal(extended["train"][:, 0], one["train"][:, 0])
     assert torch.equal(extended["train"], fresh["train"]) and torch.equal(extended["test"], fresh["test"])
     assert extended["seconds"] >= one["seconds"]
+
+
+def test_the_cache_follows_the_images_not_their_folder(tmp_path):
+    # A copy moved elsewhere keeps its cache (a rebuild costs half an hour at cpu); one image
+    # replaced in place must not reuse the old activations.
+    import shutil
+
+    from PIL import Image
+
+    config = tiny_cpu_config()
+    here, there = tmp_path / "here", tmp_path / "there"
+    make_cub(here, classes_per_split=2, images_per_class=3)
+    shutil.copytree(here, there)
+    path_here = activation_cache_module.activation_cache_path(config, *engine.build_datasets(config, here))
+    assert activation_cache_module.activation_cache_path(config, *engine.build_datasets(config, there)) == path_here
+    image = sorted((there / "CUB_200_2011" / "images").rglob("*.jpg"))[0]
+    Image.new("RGB", (40, 40), (255, 0, 0)).save(image)
+    from dmlutils.data.fingerprint import clear_fingerprint_cache
+
+    clear_fingerprint_cache()
+    assert activation_cache_module.activation_cache_path(config, *engine.build_datasets(config, there)) != path_here
