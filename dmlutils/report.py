@@ -165,6 +165,38 @@ def sweep_side(by_seed: dict[int, dict], default: dict[int, dict], metric: str =
     return "level" if ratio is not None and abs(ratio) <= 1 else None
 
 
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values of one family of m = len(p_values) tests, which hold
+    the chance of any false "beyond the noise" in the family at the level. A None (a test
+    not made yet) counts in m and is ranked after every known p, so a known adjusted value
+    only falls when the missing ones arrive: a rejection now stays one."""
+    m = len(p_values)
+    adjusted: list[float | None] = [None] * m
+    running = 0.0
+    for rank, (p, index) in enumerate(sorted((p, i) for i, p in enumerate(p_values) if p is not None)):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[index] = running
+    return adjusted
+
+
+def sweep_sides(sweep: list[dict[int, dict]], default: dict[int, dict], metric: str = CRITERION) -> list[tuple[str | None, float | None]]:
+    """(side, Holm-adjusted p) of each value of one hyper-parameter's sweep against the
+    default, the sweep read as one family (a robustness claim): m values each tested at 5%
+    would read one "beyond the noise" by chance with probability up to 1 - 0.95^m. Values with
+    two or more seeds are placed by their adjusted paired p; a one-seed value by `sweep_side`'s
+    band (level: adjusted p 1; outside: None, its escalation seeds decide)."""
+    diffs = [paired(by_seed, default, metric) for by_seed in sweep]
+    raw = [d.p if d.n >= 2 else 1.0 if sweep_side(by_seed, default, metric) == "level" else None
+           for by_seed, d in zip(sweep, diffs)]
+    placed = []
+    for diff, p in zip(diffs, holm(raw)):
+        if p is None or diff.n < 2:
+            placed.append((None if p is None else "level", p))
+        else:
+            placed.append(("level" if p >= 0.05 else "above" if diff.mean > 0 else "below", p))
+    return placed
+
+
 def claim_status(sides: list[str | None], expected: str = "above") -> str:
     """Whether the comparisons behind one of the paper's claims bear it out: "holds",
     "does not hold" or "unresolved". `sides` places the paper's favoured run against the

@@ -1,5 +1,6 @@
 """Seed summaries and paired comparisons of run records (dmlutils.report)."""
 import math
+import random
 
 import pytest
 from scipy import stats
@@ -180,3 +181,49 @@ def test_durations_are_given_in_the_unit_a_reader_thinks_in():
     assert report.duration_text(1068) == "17.8 min" and report.duration_text(5 * 3600 + 720) == "5.2 hours"
     strong = report.paired(records(0.60, 0.70, 0.80), records(0.50, 0.6001, 0.70))
     assert "p < 0.001" in report.verdict(strong, "a", "b") and "p=0.000" not in report.short_verdict(strong)
+
+
+def _holm_rejections(p_values, alpha=0.05):
+    """Holm's procedure as its paper states it: walk the p-values up, reject while
+    p_(j) <= alpha / (m - j + 1), stop at the first that is not."""
+    m, rejected = len(p_values), set()
+    for j, (p, index) in enumerate(sorted((p, i) for i, p in enumerate(p_values))):
+        if p > alpha / (m - j):
+            break
+        rejected.add(index)
+    return rejected
+
+
+def test_holm_adjusted_p_values_reject_what_holms_procedure_rejects():
+    assert report.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert report.holm([0.5]) == [0.5] and report.holm([0.3, 0.9]) == pytest.approx([0.6, 0.9])
+    rng = random.Random(0)
+    for _ in range(500):
+        ps = [rng.choice([rng.random(), rng.random() * 0.05, 0.0]) for _ in range(rng.randint(1, 6))]
+        adjusted = report.holm(ps)
+        for alpha in (0.01, 0.05, 0.1):
+            assert {i for i, q in enumerate(adjusted) if q <= alpha} == _holm_rejections(ps, alpha)
+
+
+def test_a_missing_test_never_undoes_a_holm_rejection():
+    rng = random.Random(1)
+    for _ in range(500):
+        full = [rng.random() * rng.choice([1, 0.05]) for _ in range(rng.randint(2, 5))]
+        partial = [None if rng.random() < 0.4 else p for p in full]
+        adjusted = report.holm(partial)
+        assert all(q is None for q, p in zip(adjusted, partial) if p is None)
+        now = {i for i, q in enumerate(adjusted) if q is not None and q < 0.05}
+        assert now <= {i for i, q in enumerate(report.holm(full)) if q < 0.05}
+
+
+def test_a_sweep_is_read_as_one_family():
+    default = records(0.50, 0.52, 0.54)
+    shifted = records(0.505, 0.5235, 0.5465)  # +0.5 point at every seed, steady: p about 0.03 on its own
+    alone = report.paired(shifted, default).p
+    assert 0.025 < alone < 0.05 and report.sweep_side(shifted, default) == "above"
+    one_seed_level = {0: {"final": {"recall@1": 0.525}}}
+    (first, p_first), (second, p_second) = report.sweep_sides([shifted, one_seed_level], default)
+    assert first == "level" and p_first == pytest.approx(2 * alone) and (second, p_second) == ("level", 1.0)
+    assert report.sweep_sides([shifted], default) == [("above", pytest.approx(alone))]  # a family of one
+    undecided = {0: {"final": {"recall@1": 0.60}}}  # outside the band: its escalation decides
+    assert report.sweep_sides([undecided, one_seed_level], default) == [(None, None), ("level", 1.0)]
