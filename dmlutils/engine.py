@@ -59,7 +59,7 @@ from .cache import (  # noqa: F401  (re-exported: the engine's names before the 
     cache_dir,
     file_lock,
 )
-from .losses import get_loss, hparams_of
+from .losses import MultiSimilarityLoss, cosine_similarity_matrix, get_loss, hparams_of, mining_summary
 from .metrics import evaluate
 from .profiles import PROFILE_VERSIONS, PROFILES
 from .provenance import (  # noqa: F401  (re-exported: the engine's names before the split)
@@ -459,6 +459,7 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
     # The loss sees the global batch (all processes' rows) and, optionally, a memory of past batches.
     memory_loss = with_cross_batch_memory(base_loss, config["xbm_size"])
     loss_fn = distributed.GlobalBatchLoss(memory_loss).to(device)
+    probe = mining_probe(base_loss)
     optimizer = torch.optim.Adam(parameter_groups(model, loss_fn, config), weight_decay=config["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
     # fp16 gradients underflow without loss scaling; disabled (a pass-through) unless amp="fp16"
@@ -525,7 +526,7 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
     test_source = cache["test"] if cache is not None else test_set
     test_labels = np.asarray(test_set.labels)
 
-    def evaluate_and_checkpoint(step: int, train_loss: float | None, segment_seconds: float) -> None:
+    def evaluate_and_checkpoint(step: int, train_loss: float | None, segment_seconds: float, mining: list[dict] | None = None) -> None:
         if not is_main:  # the main process evaluates and writes; the others wait for it
             distributed.barrier()
             return
@@ -537,6 +538,8 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
         # The two costs apart: the runner's estimates and the book's cost tables read them.
         record["evaluations"].append({"iteration": step, "train_loss": train_loss, "metrics": metrics,
                                       "train_seconds": segment_seconds, "eval_seconds": eval_seconds})
+        if mining:  # MS mining's effect on the batches since the last evaluation (chapter 8 reads it)
+            record["evaluations"][-1]["mining"] = {key: float(np.nanmean([m[key] for m in mining])) for key in mining[0]}
         state = {
             "model": model.state_dict(),
             "loss": loss_fn.state_dict(),
@@ -556,7 +559,7 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
         if stop_after is not None and step >= stop_after:
             break
         segment = min(config["eval_every"] - step % config["eval_every"], config["iterations"] - step)
-        t0, losses = time.perf_counter(), []
+        t0, losses, mining = time.perf_counter(), [], []
         train_module.train()
         loss_fn.train()
         for x, y in feeder.batches(sampler, step, segment):
@@ -572,10 +575,12 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
             scaler.update()
             scheduler.step()
             losses.append(float(loss.detach()))
+            if probe is not None:
+                mining.append(probe(embeddings.detach().float(), y))
             step += 1
             bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-        evaluate_and_checkpoint(step, float(np.mean(losses)), time.perf_counter() - t0)
+        evaluate_and_checkpoint(step, float(np.mean(losses)), time.perf_counter() - t0, mining)
     bar.close()
 
     if step >= config["iterations"] and is_main:
@@ -586,6 +591,14 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
         if record_path is not None:
             write_json(Path(record_path), record)
     return record
+
+
+def mining_probe(loss):
+    """A function (embeddings, labels) -> `mining_summary` of the batch when the run's loss is
+    MS with mining on, else None: what mining removes, measured while the run trains."""
+    if not isinstance(loss, MultiSimilarityLoss) or not (loss.mine_positives or loss.mine_negatives):
+        return None
+    return lambda embeddings, labels: mining_summary(loss, cosine_similarity_matrix(embeddings), labels)
 
 
 def prepare_cache(config: dict, root=None, progress: bool = True) -> Path:

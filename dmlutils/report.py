@@ -240,6 +240,21 @@ def run_cost(loaded: dict[str, dict[int, dict]]) -> dict | None:
     }
 
 
+MINING_SHARES = ("negative_kept", "negative_weight_dropped", "positive_kept", "positive_weight_dropped")
+
+
+def mining_shares(by_seed: dict[int, dict]) -> dict[str, dict[str, float]] | None:
+    """What MS mining removed during a run (the engine's per-evaluation `mining` entry, from
+    `losses.mining_summary`): each share's mean over seeds in the first and in the last
+    training window, {"first": {...}, "last": {...}}; None when no record carries it."""
+    windows = [[e["mining"] for e in r.get("evaluations", []) if "mining" in e] for r in (by_seed or {}).values()]
+    windows = [w for w in windows if w]
+    if not windows:
+        return None
+    return {which: {key: statistics.fmean(w[index][key] for w in windows) for key in MINING_SHARES}
+            for which, index in (("first", 0), ("last", -1))}
+
+
 def best_at_start(by_seed: dict[int, dict], metric: str = CRITERION) -> bool:
     """True when every seed's best evaluation is its first one (iteration 0, before any
     step): training only ever lowered the metric."""

@@ -85,7 +85,29 @@ def test_resume_reaches_the_same_final_metrics(smoke_record, tmp_path):
     assert resumed["final"] == record["final"]
     for a, b in zip(resumed["evaluations"], record["evaluations"]):
         assert a["iteration"] == b["iteration"] and a["metrics"] == b["metrics"]
-        assert a["train_loss"] == b["train_loss"]
+        assert a["train_loss"] == b["train_loss"] and a.get("mining") == b.get("mining")
+
+
+def test_an_ms_run_records_what_its_mining_removes_without_changing_the_run(smoke_record, tmp_path, monkeypatch):
+    record, _ = smoke_record
+    assert "mining" not in record["evaluations"][0]  # nothing trained before the first evaluation
+    for evaluation in record["evaluations"][1:]:
+        mining = evaluation["mining"]
+        assert set(mining) == {"positive_kept", "negative_kept", "positive_weight_dropped", "negative_weight_dropped"}
+        assert all(0 <= v <= 1 for v in mining.values()) and mining["negative_kept"] < 1  # smoke batches are mined
+    monkeypatch.setattr(engine, "mining_probe", lambda loss: None)
+    unmeasured = engine.train(smoke(), tmp_path / "run", progress=False, device="cpu")
+    assert unmeasured["final"] == record["final"]  # measuring is read-only: the same run, bit for bit
+    assert all("mining" not in e for e in unmeasured["evaluations"])
+
+
+def test_only_a_mining_ms_loss_is_measured():
+    from dmlutils.losses import get_loss
+
+    assert engine.mining_probe(get_loss("multi_similarity")) is not None
+    assert engine.mining_probe(get_loss("multi_similarity", mine_negatives=False)) is not None
+    assert engine.mining_probe(get_loss("multi_similarity", mine_positives=False, mine_negatives=False)) is None
+    assert engine.mining_probe(get_loss("triplet")) is None
 
 
 def test_resume_refuses_a_checkpoint_made_with_other_settings(tmp_path):

@@ -204,3 +204,52 @@ def test_training_path_backward_from_pair_weights_equals_autograd(switches, dtyp
     tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(fast[0], plain[0], **tolerance)
     torch.testing.assert_close(fast[1], plain[1], **tolerance)
+
+
+def _mining_summary_by_loop(S, labels, alpha, beta, lam, epsilon):
+    """The shares written out per anchor from the paper's mining rule, and the weights of MS
+    without mining from autograd: an oracle independent of `multi_similarity_mining`."""
+    S = S.clone().requires_grad_(True)
+    MultiSimilarityLoss(alpha, beta, lam, epsilon, mine_positives=False, mine_negatives=False).from_similarity(S, labels).backward()
+    W = -S.grad  # w+ on positives, -w- on negatives (over the batch size)
+    counts = dict.fromkeys(("pos_all", "pos_kept", "neg_all", "neg_kept"), 0)
+    mass = dict.fromkeys(("pos_all", "pos_dropped", "neg_all", "neg_dropped"), 0.0)
+    for i in range(len(labels)):
+        pos = [j for j in range(len(labels)) if j != i and labels[j] == labels[i] and S[i, j] < 1 - 1e-5]
+        neg = [j for j in range(len(labels)) if labels[j] != labels[i]]
+        if not pos or not neg:
+            continue
+        kept_neg = [j for j in neg if S[i, j] + epsilon > min(S[i, k] for k in pos)]
+        kept_pos = [j for j in pos if S[i, j] - epsilon < max(S[i, k] for k in neg)]
+        if not kept_pos or not kept_neg:
+            kept_pos, kept_neg = [], []  # the anchor is skipped
+        counts["pos_all"] += len(pos); counts["pos_kept"] += len(kept_pos)
+        counts["neg_all"] += len(neg); counts["neg_kept"] += len(kept_neg)
+        for j in pos:
+            mass["pos_all"] += float(W[i, j]); mass["pos_dropped"] += float(W[i, j]) * (j not in kept_pos)
+        for j in neg:
+            mass["neg_all"] -= float(W[i, j]); mass["neg_dropped"] -= float(W[i, j]) * (j not in kept_neg)
+    return {"positive_kept": counts["pos_kept"] / counts["pos_all"], "negative_kept": counts["neg_kept"] / counts["neg_all"],
+            "positive_weight_dropped": mass["pos_dropped"] / mass["pos_all"],
+            "negative_weight_dropped": mass["neg_dropped"] / mass["neg_all"]}
+
+
+@pytest.mark.parametrize("make_batch", BATCHES)
+@pytest.mark.parametrize("hp", HPARAMS)
+def test_mining_summary_equals_the_per_anchor_rule_and_autograd_weights(make_batch, hp):
+    from dmlutils.losses import mining_summary
+
+    embeddings, labels = make_batch()
+    S = cosine_similarity_matrix(embeddings)
+    ours = mining_summary(MultiSimilarityLoss(**hp), S, labels)
+    expected = _mining_summary_by_loop(S.detach(), labels, **hp)
+    assert ours == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert 0 < ours["negative_kept"] < 1  # these batches are mined: the check is not of a trivial case
+
+
+def test_mining_summary_of_a_loss_without_mining_drops_nothing():
+    from dmlutils.losses import mining_summary
+
+    embeddings, labels = pk_batch(8, 4, seed=1)
+    summary = mining_summary(MultiSimilarityLoss(mine_positives=False, mine_negatives=False), cosine_similarity_matrix(embeddings), labels)
+    assert summary == {"positive_kept": 1.0, "negative_kept": 1.0, "positive_weight_dropped": 0.0, "negative_weight_dropped": 0.0}

@@ -227,3 +227,13 @@ def test_a_sweep_is_read_as_one_family():
     assert report.sweep_sides([shifted], default) == [("above", pytest.approx(alone))]  # a family of one
     undecided = {0: {"final": {"recall@1": 0.60}}}  # outside the band: its escalation decides
     assert report.sweep_sides([undecided, one_seed_level], default) == [(None, None), ("level", 1.0)]
+
+
+def test_mining_shares_average_the_first_and_last_window_over_seeds():
+    def run(first, last):
+        shares = [dict.fromkeys(report.MINING_SHARES, v) for v in (first, last)]
+        return {"evaluations": [{"iteration": 0}] + [{"iteration": i + 1, "mining": m} for i, m in enumerate(shares)]}
+
+    summary = report.mining_shares({0: run(0.2, 0.6), 1: run(0.4, 0.8)})
+    assert summary["first"]["negative_kept"] == pytest.approx(0.3) and summary["last"]["positive_weight_dropped"] == pytest.approx(0.7)
+    assert report.mining_shares({0: {"evaluations": [{"iteration": 0}]}}) is None and report.mining_shares({}) is None

@@ -16,7 +16,7 @@ from .base import (
 from .binomial_deviance import BinomialDevianceLoss
 from .contrastive import ContrastiveLoss
 from .lifted_structure import LiftedStructureLoss
-from .multi_similarity import MultiSimilarityLoss, multi_similarity_mining
+from .multi_similarity import MultiSimilarityLoss, mining_summary, multi_similarity_mining
 from .npair import NPairLoss
 from .quadruplet import QuadrupletLoss
 from .ranked_list import RankedListLoss
@@ -44,6 +44,7 @@ __all__ = [
     "TripletCenterLoss",
     "TripletLoss",
     "multi_similarity_mining",
+    "mining_summary",
     "check_inputs",
     "cosine_similarity_matrix",
     "differentiable_zero",

@@ -150,3 +150,27 @@ class MultiSimilarityLoss(SimilarityLoss):
         else:
             weights = torch.sigmoid(logits) * kept
         return (weights[0] - weights[1]) / S.shape[0]
+
+
+def mining_summary(loss: MultiSimilarityLoss, S: Tensor, labels: Tensor) -> dict[str, float]:
+    """What MS mining does to one batch, for the ablation's question "does mining matter once
+    pairs are weighted?": the share of positive and of negative pairs it keeps, and the share
+    of the weight the same loss without mining gives each side (GPW's w+ and w-, from
+    `pair_weights`) that falls on the pairs it drops. A small dropped weight means mining
+    removes pairs the weighting had already all but ignored."""
+    S = S.detach()
+    kept_positive, kept_negative = loss.mined_pairs(S, labels)
+    unmined = MultiSimilarityLoss(loss.alpha, loss.beta, loss.lam, loss.epsilon, False, False, loss.weighting)
+    unmined_positive, unmined_negative = unmined.mined_pairs(S, labels)  # every pair of an anchor with both sides
+    W = unmined.pair_weights(S, labels)  # +w+ / batch on positive pairs, -w- / batch on negative pairs
+
+    def share(part: Tensor, whole: Tensor) -> float:
+        total = float(whole.sum())
+        return float(part.sum()) / total if total > 0 else float("nan")
+
+    return {
+        "positive_kept": share(kept_positive, unmined_positive),
+        "negative_kept": share(kept_negative, unmined_negative),
+        "positive_weight_dropped": share(W * (unmined_positive & ~kept_positive), W * unmined_positive),
+        "negative_weight_dropped": share(-W * (unmined_negative & ~kept_negative), -W * unmined_negative),
+    }
