@@ -246,9 +246,10 @@ MINING_SHARES = ("negative_kept", "negative_weight_dropped", "positive_kept", "p
 def mining_shares(by_seed: dict[int, dict]) -> dict[str, dict[str, float]] | None:
     """What MS mining removed during a run (the engine's per-evaluation `mining` entry, from
     `losses.mining_summary`): each share's mean over seeds in the first and in the last
-    training window, {"first": {...}, "last": {...}}; None when no record carries it."""
-    windows = [[e["mining"] for e in r.get("evaluations", []) if "mining" in e] for r in (by_seed or {}).values()]
-    windows = [w for w in windows if w]
+    training window, {"first": {...}, "last": {...}}; None when no record carries it. A record
+    measured in only some windows (a run resumed across the change that added it) is left out."""
+    trained = [[e for e in r.get("evaluations", []) if e.get("iteration")] for r in (by_seed or {}).values()]
+    windows = [[e["mining"] for e in w] for w in trained if w and all("mining" in e for e in w)]
     if not windows:
         return None
     return {which: {key: statistics.fmean(w[index][key] for w in windows) for key in MINING_SHARES}
