@@ -262,6 +262,16 @@ def test_tables_and_figures_of_the_notebooks_are_on_the_pages(book_root, rendere
     assert totals["tables"] >= 5 and totals["figures"] >= 5, totals
 
 
+def test_no_table_is_cut_short_by_pandas(rendered):
+    # pandas elides rows past display.max_rows (a row of "...") and text past
+    # display.max_colwidth (a cell ending in "..."): a reader would miss what was cut.
+    for page, (static, _, _) in rendered.items():
+        for table in static.select("div.cell_output table"):
+            cells = [c.get_text(strip=True) for c in table.find_all(["td", "th"])]
+            cut = [c for c in cells if c == "..." or (c.endswith("...") and len(c) > 3)]
+            assert not cut, f"{page}: a table cut short by pandas ({cut[:3]}); widen it with pd.option_context"
+
+
 def test_chapters_show_provenance_and_no_errors(rendered):
     chapters = {p: v for p, v in rendered.items() if p.startswith("book/chapters/")}
     assert chapters
