@@ -539,7 +539,9 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
         record["evaluations"].append({"iteration": step, "train_loss": train_loss, "metrics": metrics,
                                       "train_seconds": segment_seconds, "eval_seconds": eval_seconds})
         if mining:  # MS mining's effect on the batches since the last evaluation (chapter 8 reads it)
-            record["evaluations"][-1]["mining"] = {key: float(np.nanmean([m[key] for m in mining])) for key in mining[0]}
+            # A share is undefined (NaN) on a batch without such pairs; a window of only those records None.
+            record["evaluations"][-1]["mining"] = {key: float(np.mean(v)) if (v := [m[key] for m in mining if not math.isnan(m[key])]) else None
+                                                   for key in mining[0]}
         state = {
             "model": model.state_dict(),
             "loss": loss_fn.state_dict(),

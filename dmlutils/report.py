@@ -252,7 +252,11 @@ def mining_shares(by_seed: dict[int, dict]) -> dict[str, dict[str, float]] | Non
     windows = [[e["mining"] for e in w] for w in trained if w and all("mining" in e for e in w)]
     if not windows:
         return None
-    return {which: {key: statistics.fmean(w[index][key] for w in windows) for key in MINING_SHARES}
+    def mean(values):  # None: a window whose batches had no such pairs
+        values = [v for v in values if v is not None]
+        return statistics.fmean(values) if values else math.nan
+
+    return {which: {key: mean(w[index][key] for w in windows) for key in MINING_SHARES}
             for which, index in (("first", 0), ("last", -1))}
 
 
