@@ -252,6 +252,7 @@ def mining_shares(by_seed: dict[int, dict]) -> dict[str, dict[str, float]] | Non
     windows = [[e["mining"] for e in w] for w in trained if w and all("mining" in e for e in w)]
     if not windows:
         return None
+
     def mean(values):  # None: a window whose batches had no such pairs
         values = [v for v in values if v is not None]
         return statistics.fmean(values) if values else math.nan

@@ -174,13 +174,13 @@ def test_the_cost_of_one_run_comes_from_the_records_own_timings():
 def test_a_p_value_that_rounds_to_zero_is_written_as_a_bound():
     assert report.p_text(0.0312) == "p=0.031" and report.p_text(0.0312, 2, " ") == "p = 0.03"
     assert report.p_text(0.0004) == "p<0.001" and report.p_text(0.004, 2) == "p<0.01"
+    strong = report.paired(records(0.60, 0.70, 0.80), records(0.50, 0.6001, 0.70))
+    assert "p < 0.001" in report.verdict(strong, "a", "b") and "p=0.000" not in report.short_verdict(strong)
 
 
 def test_durations_are_given_in_the_unit_a_reader_thinks_in():
     assert report.duration_text(2.4) == "2 s" and report.duration_text(89) == "89 s"
     assert report.duration_text(1068) == "17.8 min" and report.duration_text(5 * 3600 + 720) == "5.2 hours"
-    strong = report.paired(records(0.60, 0.70, 0.80), records(0.50, 0.6001, 0.70))
-    assert "p < 0.001" in report.verdict(strong, "a", "b") and "p=0.000" not in report.short_verdict(strong)
 
 
 def _holm_rejections(p_values, alpha=0.05):

@@ -13,8 +13,6 @@ from dmlutils.runner import Job, run_jobs
 RUNNER = """
 import sys
 from pathlib import Path
-
-from dmlutils.runner import Job, run_jobs
 from dmlutils.profiles import make_config
 from dmlutils.runner import Job, run_jobs
 out = Path(sys.argv[1])
