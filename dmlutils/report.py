@@ -165,6 +165,25 @@ def sweep_side(by_seed: dict[int, dict], default: dict[int, dict], metric: str =
     return "level" if ratio is not None and abs(ratio) <= 1 else None
 
 
+def band_verdict(by_seed: dict[int, dict], default: dict[int, dict], a: str, b: str, metric: str = CRITERION,
+                 metric_name: str = "R@1", scale: float = 100.0) -> str:
+    """One sentence on a setting against the default, as `sweep_side` reads it: `verdict` of
+    the paired difference over two or more common seeds; a one-seed setting is placed
+    against the default's mean ± seed std, the band of the manifest's escalation rule."""
+    diff = paired(by_seed, default, metric)
+    value, reference = summarise(by_seed, metric), summarise(default, metric)
+    ratio = effect_over_noise(value, reference)
+    if value.n == 0:
+        return f"{a}: not run yet."
+    if diff.n >= 2 or value.n != 1 or ratio is None:
+        return verdict(diff, a, b, metric_name, scale)
+    size = (f"{a} − {b}'s mean = {(value.mean - reference.mean) * scale:+.1f} {metric_name} points on one seed, "
+            f"{ratio:+.1f} of {b}'s seed std")
+    if abs(ratio) <= 1:
+        return f"{size}: inside the band, level within the noise as the escalation rule reads it."
+    return f"{size}: outside the band, so two more seeds decide."
+
+
 def holm(p_values: list[float | None]) -> list[float | None]:
     """Holm's step-down adjusted p-values of one family of m = len(p_values) tests, which hold
     the chance of any false "beyond the noise" in the family at the level. A None (a test

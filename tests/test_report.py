@@ -140,6 +140,20 @@ def test_a_swept_setting_with_one_seed_is_level_only_inside_the_defaults_seed_ba
     assert report.sweep_side({}, default) is None
 
 
+def test_a_one_seed_setting_is_read_against_the_defaults_band_in_a_sentence():
+    default = records(0.52, 0.53, 0.54)  # mean 0.53, std 0.01
+    inside = report.band_verdict({0: {"final": {"recall@1": 0.535}}}, default, "x", "MS")
+    assert inside.startswith("x − MS's mean = +0.5 R@1 points on one seed, +0.5 of MS's seed std") and "level" in inside
+    outside = report.band_verdict({0: {"final": {"recall@1": 0.515}}}, default, "x", "MS")
+    assert "-1.5 R@1" in outside and "-1.5 of" in outside and "two more seeds decide" in outside
+    # two or more seeds: the paired test's sentence, the same as verdict's
+    shifted = records(0.56, 0.58, 0.60)
+    assert report.band_verdict(shifted, default, "x", "MS") == report.verdict(report.paired(shifted, default), "x", "MS")
+    assert report.band_verdict({}, default, "x", "MS") == "x: not run yet."
+    # a default with one seed has no band: the one-seed sentence of verdict
+    assert "too few seeds" in report.band_verdict({0: {"final": {"recall@1": 0.6}}}, {0: {"final": {"recall@1": 0.5}}}, "x", "MS")
+
+
 def test_a_claim_holds_only_when_every_comparison_bears_it_out():
     assert report.claim_status(["above", "above"]) == "holds"
     assert report.claim_status(["above", "level"]) == "does not hold"
