@@ -262,11 +262,12 @@ def run_cost(loaded: dict[str, dict[int, dict]]) -> dict | None:
 MINING_SHARES = ("negative_kept", "negative_weight_dropped", "positive_kept", "positive_weight_dropped")
 
 
-def mining_shares(by_seed: dict[int, dict]) -> dict[str, dict[str, float]] | None:
+def mining_shares(by_seed: dict[int, dict]) -> dict | None:
     """What MS mining removed during a run (the engine's per-evaluation `mining` entry, from
     `losses.mining_summary`): each share's mean over seeds in the first and in the last
-    training window, {"first": {...}, "last": {...}}; None when no record carries it. A record
-    measured in only some windows (a run resumed across the change that added it) is left out."""
+    training window, {"first": {...}, "last": {...}, "seeds": how many}; None when no record
+    carries it. A record measured in only some windows (a run resumed across the change that
+    added it) is left out, so "seeds" can be fewer than the run's records."""
     trained = [[e for e in r.get("evaluations", []) if e.get("iteration")] for r in (by_seed or {}).values()]
     windows = [[e["mining"] for e in w] for w in trained if w and all("mining" in e for e in w)]
     if not windows:
@@ -276,8 +277,9 @@ def mining_shares(by_seed: dict[int, dict]) -> dict[str, dict[str, float]] | Non
         values = [v for v in values if v is not None]
         return statistics.fmean(values) if values else math.nan
 
-    return {which: {key: mean(w[index][key] for w in windows) for key in MINING_SHARES}
-            for which, index in (("first", 0), ("last", -1))}
+    shares = {which: {key: mean(w[index][key] for w in windows) for key in MINING_SHARES}
+              for which, index in (("first", 0), ("last", -1))}
+    return shares | {"seeds": len(windows)}
 
 
 def best_at_start(by_seed: dict[int, dict], metric: str = CRITERION) -> bool:

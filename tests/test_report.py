@@ -250,7 +250,9 @@ def test_mining_shares_average_the_first_and_last_window_over_seeds():
 
     summary = report.mining_shares({0: run(0.2, 0.6), 1: run(0.4, 0.8)})
     assert summary["first"]["negative_kept"] == pytest.approx(0.3) and summary["last"]["positive_weight_dropped"] == pytest.approx(0.7)
+    assert summary["seeds"] == 2
     assert report.mining_shares({0: {"evaluations": [{"iteration": 0}]}}) is None and report.mining_shares({}) is None
     resumed = run(0.9, 0.9)
     del resumed["evaluations"][1]["mining"]  # its first window ran before the engine measured
-    assert report.mining_shares({0: run(0.2, 0.6), 1: resumed})["first"]["negative_kept"] == pytest.approx(0.2)
+    partly = report.mining_shares({0: run(0.2, 0.6), 1: resumed})
+    assert partly["first"]["negative_kept"] == pytest.approx(0.2) and partly["seeds"] == 1
