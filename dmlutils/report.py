@@ -310,7 +310,8 @@ def short_verdict(diff: PairedDifference, scale: float = 100.0) -> str:
 def group_rows(loaded: dict[str, dict[int, dict]], names, reference: str | None = "multi_similarity",
                metrics=(("recall@1", "R@1"), ("map@r", "MAP@R")), labels: dict | None = None) -> list[dict]:
     """One row per run name: each metric's mean ± std (n) over seeds, and the paired
-    difference from `reference` (per common seed) with its verdict."""
+    difference from `reference` (per common seed) with its verdict; runs and the reference's
+    column are named by `labels` where it names them."""
     rows = []
     for name in names:
         by_seed = loaded.get(name, {})
@@ -318,7 +319,7 @@ def group_rows(loaded: dict[str, dict[int, dict]], names, reference: str | None 
         for metric, title in metrics:
             row[title] = summarise(by_seed, metric).text()
         if reference is not None:
-            row[f"− {reference}, {metrics[0][1]}"] = "" if name == reference else short_verdict(paired(by_seed, loaded.get(reference, {}), metrics[0][0]))
+            row[f"− {(labels or {}).get(reference, reference)}, {metrics[0][1]}"] = "" if name == reference else short_verdict(paired(by_seed, loaded.get(reference, {}), metrics[0][0]))
         rows.append(row)
     return rows
 

@@ -55,6 +55,8 @@ def test_group_rows_compare_each_run_with_the_reference_per_seed():
     assert rows[1]["− multi_similarity, R@1"].startswith("-4.7 (std 0.6, n=3")
     assert rows[1]["− multi_similarity, R@1"].endswith("beyond the noise")
     assert rows[2]["− multi_similarity, R@1"] == "+1.0 (one seed)"
+    named = report.group_rows(loaded, ["multi_similarity", "ms_no_mining"], metrics=(("recall@1", "R@1"),), labels={"multi_similarity": "MS"})
+    assert named[0]["run"] == "MS" and named[1]["− MS, R@1"] == rows[1]["− multi_similarity, R@1"]
     assert rows[3]["R@1"] == "not run"
     points = report.sweep(loaded, {40.0: "multi_similarity", 10.0: "ms_beta_10", 80.0: "ms_beta_80"})
     assert [v for v, _ in points] == [10.0, 40.0]
