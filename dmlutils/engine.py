@@ -526,18 +526,21 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
     test_source = cache["test"] if cache is not None else test_set
     test_labels = np.asarray(test_set.labels)
 
-    def evaluate_and_checkpoint(step: int, train_loss: float | None, segment_seconds: float, mining: list[dict] | None = None) -> None:
+    def evaluate_and_checkpoint(step: int, train_loss: float | None, segment_seconds: float, segment_cpu_seconds: float,
+                                mining: list[dict] | None = None) -> None:
         if not is_main:  # the main process evaluates and writes; the others wait for it
             distributed.barrier()
             return
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         embeddings = embed(model, test_source, config, device, cached_block)
         metrics = test_metrics(embeddings, test_labels, config["eval_ks"])
-        eval_seconds = time.perf_counter() - t0
+        eval_seconds, eval_cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
         record["wall_time_seconds"] += segment_seconds + eval_seconds
-        # The two costs apart: the runner's estimates and the book's cost tables read them.
+        # The two costs apart: the runner's estimates and the book's cost tables read them. Wall
+        # time also counts any wait for a busy (or paused) core; the process's CPU time does not.
         record["evaluations"].append({"iteration": step, "train_loss": train_loss, "metrics": metrics,
-                                      "train_seconds": segment_seconds, "eval_seconds": eval_seconds})
+                                      "train_seconds": segment_seconds, "eval_seconds": eval_seconds,
+                                      "train_cpu_seconds": segment_cpu_seconds, "eval_cpu_seconds": eval_cpu_seconds})
         if mining:  # MS mining's effect on the batches since the last evaluation (chapter 8 reads it)
             # A share is undefined (NaN) on a batch without such pairs; a window of only those records None.
             record["evaluations"][-1]["mining"] = {key: float(np.mean(v)) if (v := [m[key] for m in mining if not math.isnan(m[key])]) else None
@@ -555,13 +558,13 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
         distributed.barrier()
 
     if step == 0 and not record["evaluations"]:
-        evaluate_and_checkpoint(0, None, 0.0)
+        evaluate_and_checkpoint(0, None, 0.0, 0.0)
     bar = tqdm(total=config["iterations"], initial=step, desc=f"{config['loss']}", disable=not (progress and is_main))
     while step < config["iterations"]:
         if stop_after is not None and step >= stop_after:
             break
         segment = min(config["eval_every"] - step % config["eval_every"], config["iterations"] - step)
-        t0, losses, mining = time.perf_counter(), [], []
+        t0, c0, losses, mining = time.perf_counter(), time.process_time(), [], []
         train_module.train()
         loss_fn.train()
         for x, y in feeder.batches(sampler, step, segment):
@@ -582,7 +585,7 @@ def _train(config, run_dir, context, resume, root, record_path, stop_after, prog
             step += 1
             bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-        evaluate_and_checkpoint(step, float(np.mean(losses)), time.perf_counter() - t0, mining)
+        evaluate_and_checkpoint(step, float(np.mean(losses)), time.perf_counter() - t0, time.process_time() - c0, mining)
     bar.close()
 
     if step >= config["iterations"] and is_main:

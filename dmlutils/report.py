@@ -238,8 +238,9 @@ def claim_status(sides: list[str | None], expected: str = "above") -> str:
 
 def run_cost(loaded: dict[str, dict[int, dict]]) -> dict | None:
     """What one training run costs, from the records' own timings (median over runs, with
-    the range): wall time, training seconds per iteration, seconds per evaluation and the
-    evaluations per run, and the activation cache's build time. None without a training record."""
+    the range): wall time, CPU time (of the runs that measured it), training seconds per
+    iteration, seconds per evaluation and the evaluations per run, and the activation cache's
+    build time. None without a training record."""
     trained = [r for by_seed in loaded.values() for r in by_seed.values() if r.get("kind", "train") == "train" and r.get("evaluations")]
     if not trained:
         return None
@@ -249,9 +250,12 @@ def run_cost(loaded: dict[str, dict[int, dict]]) -> dict | None:
         return {"median": statistics.median(values), "min": values[0], "max": values[-1]}
 
     caches = [float(r["cache_seconds"]) for r in trained if r.get("cache_seconds")]
+    measured = [cpu for r in trained if (cpu := process_seconds(r)) is not None]
     return {
         "runs": len(trained),
         "wall_seconds": spread(float(r["wall_time_seconds"]) for r in trained),
+        "cpu_seconds": spread(measured) if measured else None,  # the runs that measured their CPU time
+        "cpu_measured": len(measured),
         "seconds_per_iteration": spread(sum(e["train_seconds"] for e in r["evaluations"]) / r["config"]["iterations"] for r in trained),
         "seconds_per_evaluation": spread(statistics.fmean(e["eval_seconds"] for e in r["evaluations"]) for r in trained),
         "evaluations_per_run": spread(len(r["evaluations"]) for r in trained),
@@ -329,19 +333,35 @@ def sweep(loaded: dict[str, dict[int, dict]], points: dict[float, str], metric: 
     return [(value, summarise(loaded.get(name), metric)) for value, name in sorted(points.items()) if loaded.get(name)]
 
 
+def process_seconds(record: dict) -> float | None:
+    """A run's CPU time (training and evaluations, every thread of its process), from the
+    engine's per-window `train_cpu_seconds` and `eval_cpu_seconds`; None when a window lacks
+    them (records made before the engine measured it, or a run resumed across that change)."""
+    windows = record.get("evaluations") or []
+    if not windows or not all("train_cpu_seconds" in e and "eval_cpu_seconds" in e for e in windows):
+        return None
+    return sum(float(e["train_cpu_seconds"]) + float(e["eval_cpu_seconds"]) for e in windows)
+
+
 def cpu_seconds(loaded: dict[str, dict[int, dict]]) -> dict:
-    """What the records cost on one thread each: the runs' wall time (training and
-    evaluations) and the activation caches they share, each counted once (a cache is
-    identified by the settings that build it)."""
+    """What the records cost on one thread each: the runs' CPU time where the record measured
+    it (`process_seconds`), else their wall time, which also counts any wait for a core the
+    run shared; and the activation caches they share, each counted once (a cache is
+    identified by the settings that build it; its build time is wall time). "measured" counts
+    the records read by their CPU time, "records" all of them."""
     from .cache import cache_settings
 
-    runs, caches = 0.0, {}
+    runs, caches, measured, count = 0.0, {}, 0, 0
     for by_seed in loaded.values():
         for record in by_seed.values():
-            runs += float(record.get("wall_time_seconds", 0.0))
+            count += 1
+            cpu = process_seconds(record)
+            measured += cpu is not None
+            runs += cpu if cpu is not None else float(record.get("wall_time_seconds", 0.0))
             if record.get("cache_seconds"):
                 caches[cache_settings(record["config"])] = float(record["cache_seconds"])
-    return {"runs": runs, "caches": sum(caches.values()), "cache_count": len(caches), "total": runs + sum(caches.values())}
+    return {"runs": runs, "caches": sum(caches.values()), "cache_count": len(caches), "total": runs + sum(caches.values()),
+            "records": count, "measured": measured}
 
 
 def mean_curve(by_seed: dict[int, dict], metric: str = CRITERION):

@@ -1,5 +1,6 @@
 """The training engine on the smoke profile: it learns, records, resumes exactly; bad settings fail clearly."""
 import json
+import os
 
 import pytest
 import torch
@@ -70,6 +71,12 @@ def test_smoke_run_learns_and_writes_a_complete_record(smoke_record):
     assert [e["iteration"] for e in on_disk["evaluations"]] == [0, 10, 20]
     assert on_disk["evaluations"][0]["train_seconds"] == 0 and all(e["train_seconds"] > 0 for e in on_disk["evaluations"][1:])
     assert sum(e["train_seconds"] + e["eval_seconds"] for e in on_disk["evaluations"]) == pytest.approx(on_disk["wall_time_seconds"])
+    # CPU time beside wall time: none before the first step, then some, each window's own (no more than every
+    # core busy all along; a time counted from the process's start would exceed it)
+    assert on_disk["evaluations"][0]["train_cpu_seconds"] == 0 and all(e["train_cpu_seconds"] > 0 for e in on_disk["evaluations"][1:])
+    cores = os.cpu_count()
+    assert all(e["train_cpu_seconds"] <= cores * e["train_seconds"] + 0.01 and 0 <= e["eval_cpu_seconds"] <= cores * e["eval_seconds"] + 0.01
+               for e in on_disk["evaluations"])
     first, last = on_disk["evaluations"][0]["metrics"], on_disk["final"]
     # synthetic classes are learnable: training must beat the random-init network
     assert last["recall@1"] > first["recall@1"] + 0.05

@@ -68,7 +68,18 @@ def test_cpu_seconds_count_a_shared_cache_once():
                 "config": {"image_size": 224, "resize_size": 256, "cache_from_block": 8, "cache_views": 5, "seed": seed}}
     loaded = {"a": {0: rec(0, 600.0), 1: rec(1, 500.0)}, "b": {0: rec(0, 600.0)}}
     cost = report.cpu_seconds(loaded)
-    assert cost == {"runs": 300.0, "caches": 1100.0, "cache_count": 2, "total": 1400.0}
+    assert cost == {"runs": 300.0, "caches": 1100.0, "cache_count": 2, "total": 1400.0, "records": 3, "measured": 0}
+
+
+def test_a_runs_cost_is_its_cpu_time_where_every_window_measured_it():
+    windows = [{"train_seconds": 0.0, "eval_seconds": 5.0, "train_cpu_seconds": 0.0, "eval_cpu_seconds": 4.0},
+               {"train_seconds": 900.0, "eval_seconds": 5.0, "train_cpu_seconds": 300.0, "eval_cpu_seconds": 4.0}]  # paused 600 s
+    measured = {"wall_time_seconds": 910.0, "evaluations": windows, "config": {}}
+    resumed = {"wall_time_seconds": 910.0, "evaluations": [{"train_seconds": 0.0, "eval_seconds": 5.0}] + windows[1:], "config": {}}
+    assert report.process_seconds(measured) == pytest.approx(308.0)
+    assert report.process_seconds(resumed) is None and report.process_seconds({}) is None
+    cost = report.cpu_seconds({"a": {0: measured, 1: resumed}})
+    assert cost["runs"] == pytest.approx(308.0 + 910.0) and (cost["measured"], cost["records"]) == (1, 2)
 
 
 def test_mean_curve_and_decay_from_the_best_evaluation():
@@ -184,6 +195,11 @@ def test_the_cost_of_one_run_comes_from_the_records_own_timings():
     assert cost["seconds_per_iteration"] == {"median": 1.5, "min": 1.0, "max": 2.0}
     assert cost["seconds_per_evaluation"]["min"] == pytest.approx(20.0) and cost["evaluations_per_run"]["median"] == 3
     assert cost["cache_seconds"]["median"] == 1000.0
+    assert cost["cpu_seconds"] is None and cost["cpu_measured"] == 0  # no window measured CPU time
+    for window, cpu in zip(loaded["b"][0]["evaluations"], (0.0, 150.0, 150.0)):
+        window |= {"train_cpu_seconds": cpu, "eval_cpu_seconds": 25.0}
+    cost = report.run_cost(loaded)
+    assert cost["cpu_seconds"] == {"median": 375.0, "min": 375.0, "max": 375.0} and cost["cpu_measured"] == 1
     assert report.run_cost({"baseline": loaded["baseline"]}) is None
 
 
