@@ -4,10 +4,11 @@ The frozen blocks before `cache_from_block` are run over `cache_views` augmented
 every training image and the plain view of every test image; the float16 activations go
 to `cache_dir()` (`$DML_CACHE`, default `<repository>/runs/cache`) under a key of the
 settings and the data (by its fingerprint, not its folder) that determine them, built once
-under a file lock when several runs ask at the same time. A cache with more views extends an existing one with fewer (each view has its
-own seeded generator, so the first views are the same). Runs with `validation_classes` add the held-out classes' plain-view
-activations beside it (`_validation_activations`). The training loop (`dmlutils.engine`)
-reads the cache; this module knows nothing of the loop.
+under a file lock when several runs ask at the same time. A cache with more views extends
+an existing one with fewer (each view has its own seeded generator, so the first views are
+the same). Runs with `validation_classes` add the held-out classes' plain-view activations
+beside it (`_validation_activations`). The training loop (`dmlutils.engine`) reads the
+cache; this module knows nothing of the loop.
 """
 from __future__ import annotations
 

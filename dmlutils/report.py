@@ -179,7 +179,7 @@ def band_verdict(by_seed: dict[int, dict], default: dict[int, dict], a: str, b: 
         return verdict(diff, a, b, metric_name, scale)
     size = (f"{a} − {b}'s mean = {(value.mean - reference.mean) * scale:+.1f} {metric_name} points on one seed, "
             f"{ratio:+.1f} of {b}'s seed std")
-    if abs(ratio) <= 1:
+    if sweep_side(by_seed, default, metric) == "level":  # the band's one definition
         return f"{size}: inside the band, level within the noise as the escalation rule reads it."
     return f"{size}: outside the band, so two more seeds decide."
 
