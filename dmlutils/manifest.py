@@ -39,6 +39,7 @@ class Run:
     group: str = "main"
     escalate: bool = False  # one seed, and more when it differs from the default beyond the noise
     profiles: tuple[str, ...] = ("smoke", "cpu", "paper")  # where the run is possible
+    label: str = ""  # its name for a reader; "" derives one from the overrides (`label`)
 
     @property
     def kind(self) -> str:
@@ -65,14 +66,15 @@ RUNS: list[Run] = [
     *[Run(loss, loss, {}, THREE_SEEDS, "main") for loss in [MS, *(name for name in LOSSES if name != MS)]],
     # Mining (each side) and weighting switched off, alone and together (chapter 8).
     *[
-        Run(name, MS, overrides, THREE_SEEDS, "mining and weighting")
-        for name, overrides in {
-            "ms_no_positive_mining": {"loss.mine_positives": False},
-            "ms_no_negative_mining": {"loss.mine_negatives": False},
-            "ms_no_mining": {"loss.mine_positives": False, "loss.mine_negatives": False},
-            "ms_no_weighting": {"loss.weighting": False},
-            "ms_no_mining_no_weighting": {"loss.mine_positives": False, "loss.mine_negatives": False, "loss.weighting": False},
-        }.items()
+        Run(name, MS, overrides, THREE_SEEDS, "mining and weighting", label=label)
+        for name, label, overrides in [
+            ("ms_no_positive_mining", "no positive mining", {"loss.mine_positives": False}),
+            ("ms_no_negative_mining", "no negative mining", {"loss.mine_negatives": False}),
+            ("ms_no_mining", "weighting only (no mining)", {"loss.mine_positives": False, "loss.mine_negatives": False}),
+            ("ms_no_weighting", "mining only (no weighting)", {"loss.weighting": False}),
+            ("ms_no_mining_no_weighting", "neither mining nor weighting",
+             {"loss.mine_positives": False, "loss.mine_negatives": False, "loss.weighting": False}),
+        ]
     ],
     *_sweep("beta", "loss.beta", (10.0, 20.0, 40.0, 80.0), 40.0, "beta"),
     *_sweep("alpha", "loss.alpha", (1.0, 2.0, 4.0), 2.0, "alpha"),
@@ -95,6 +97,27 @@ def run(name: str) -> Run:
         if candidate.name == name:
             return candidate
     raise ValueError(f"no run named {name!r} in the manifest; valid: {', '.join(r.name for r in RUNS)}")
+
+
+# How a reader writes a setting a run changes: {override key: format of its value}.
+_SETTING_TEXT = {"loss.beta": "β = {:g}", "loss.alpha": "α = {:g}", "loss.lam": "λ = {:g}", "loss.epsilon": "ε = {:g}",
+                 "embedding_dim": "{}-d", "xbm_size": "MS + XBM {:,}"}
+
+
+def label(name: str) -> str:
+    """A run's name for a reader: its declared label, else what it changes from its loss's
+    settings ("β = 10", "64-d", "40 x 2", "MS + XBM 1,600"), else its loss ("MS" for MS)."""
+    entry = run(name)
+    if entry.label:
+        return entry.label
+    if entry.loss is None:
+        return "pretrained, no training"
+    settings = dict(entry.overrides)
+    settings.pop("xbm_start", None)  # the memory's warm-up: a detail of the memory, not a second setting
+    parts = [f"{settings.pop('p')} x {settings.pop('k')}"] if {"p", "k"} <= settings.keys() else []
+    parts += [_SETTING_TEXT[key].format(value) if key in _SETTING_TEXT else f"{key.split('.')[-1]} = {value}"
+              for key, value in settings.items()]
+    return ", ".join(parts) or ("MS" if entry.loss == MS else entry.loss)
 
 
 def group(name: str) -> list[Run]:

@@ -41,6 +41,20 @@ def test_every_run_builds_a_valid_config_at_every_profile():
                     assert config[key] == value
 
 
+def test_every_run_has_its_own_label_naming_what_it_changes():
+    labels = [manifest.label(r.name) for r in manifest.RUNS]
+    assert len(labels) == len(set(labels))  # a table's rows never share a name
+    for group, symbol in [("beta", "β"), ("alpha", "α"), ("lambda", "λ"), ("epsilon", "ε")]:
+        for entry in manifest.group(group):
+            (value,) = entry.overrides.values()
+            assert manifest.label(entry.name) == f"{symbol} = {value:g}"
+    assert manifest.label(manifest.MS) == "MS"
+    assert manifest.label("ms_dim_64") == "64-d"
+    assert manifest.label("ms_batch_40x2") == "40 x 2"
+    assert manifest.label("ms_xbm_1600") == "MS + XBM 1,600"  # the warm-up is not a second setting
+    assert manifest.label("ms_no_weighting") == "mining only (no weighting)"
+
+
 def test_unknown_names_are_named_in_the_error():
     with pytest.raises(ValueError, match="no run named 'ms_beta_7'.*ms_beta_10"):
         manifest.run("ms_beta_7")
