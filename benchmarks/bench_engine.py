@@ -3,11 +3,11 @@
 The cpu profile (dmlutils/profiles.py) caches the activations entering block 11 of
 EfficientNet-Lite0 for 5 augmented views of every CUB training image (and one view of
 every test image), then trains blocks 11-15 + the 512-d head on them. Measured here,
-each through the engine's own functions (build_model, _trainable_parameters, _Feeder,
-_FromCachedBlock, embed, test_metrics, activation_cache):
+each through the engine's own functions (build_model, trainable_parameters, ActivationSource,
+FromCachedBlock, embed, test_metrics, activation_cache):
 
 1. training iterations/s: one P x K = 16 x 5 batch of cached activations gathered by
-   `_Feeder` + forward from block 11 + loss + backward + Adam step, for each loss asked
+   `ActivationSource` + forward from block 11 + loss + backward + Adam step, for each loss asked
    for. The activations are synthetic (random float16 of the real shape, read from the
    model by running `forward_until_block` on one image of the profile's size), so no
    cache file is needed; only the loss's pair mining could depend on their values, and
@@ -43,16 +43,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dmlutils import distributed  # noqa: E402
+from dmlutils.cache import activation_cache  # noqa: E402
 from dmlutils.engine import (  # noqa: E402
-    _Feeder,
-    _FromCachedBlock,
-    _trainable_parameters,
-    activation_cache,
+    ActivationSource,
+    FromCachedBlock,
     build_datasets,
     build_loss,
     build_model,
     embed,
     test_metrics,
+    trainable_parameters,
 )
 from dmlutils.losses import LOSSES  # noqa: E402
 from dmlutils.profiles import make_config  # noqa: E402
@@ -79,23 +79,23 @@ def synthetic_cache(shape, num_classes: int, per_class: int, views: int, seed: i
 
 
 def time_training_steps(base_model, loss_name: str, cache: dict, steps: int, warmup: int) -> dict:
-    """Seconds per training step on cached activations, as `engine._train` runs it."""
+    """Seconds per training step on cached activations, as `engine.loop` runs it."""
     config = make_config("cpu", loss_name)
     torch.manual_seed(config["seed"])
     model = copy.deepcopy(base_model)  # each loss starts from the same pretrained weights
     labels = cache["train_labels"].numpy()
     base_loss = build_loss(config, int(labels.max()) + 1, model.embedding_dim)
     loss_fn = distributed.GlobalBatchLoss(with_cross_batch_memory(base_loss, config["xbm_size"]))
-    backbone_params, head_params = _trainable_parameters(model, config)
-    # The same parameter groups and optimiser as engine._train builds.
+    backbone_params, head_params = trainable_parameters(model, config)
+    # The same parameter groups and optimiser as engine.loop builds.
     groups = [
         {"params": backbone_params, "lr": config["lr"]},
         {"params": head_params + list(loss_fn.parameters()), "lr": config["head_lr"]},
     ]
     optimizer = torch.optim.Adam([g for g in groups if g["params"]], weight_decay=config["weight_decay"])
     sampler = PKSampler(labels, p=config["p"], k=config["k"], seed=config["seed"])
-    feeder = _Feeder(config, None, cache, torch.device("cpu"))
-    module = _FromCachedBlock(model, config["cache_from_block"])
+    feeder = ActivationSource(config, cache, torch.device("cpu"))
+    module = FromCachedBlock(model, config["cache_from_block"])
     module.train()
     loss_fn.train()
     times = []
@@ -163,10 +163,10 @@ def time_step_variants(base_model, config: dict, shape, steps: int, warmup: int,
         model = copy.deepcopy(base_model)
         if variant != "contiguous":
             model = model.to(memory_format=torch.channels_last)
-        backbone_params, head_params = _trainable_parameters(model, config)
+        backbone_params, head_params = trainable_parameters(model, config)
         optimizer = torch.optim.Adam(backbone_params + head_params, lr=config["lr"])
         loss_fn = build_loss(config, 100, model.embedding_dim)
-        module = _FromCachedBlock(model, config["cache_from_block"]).train()
+        module = FromCachedBlock(model, config["cache_from_block"]).train()
         inputs = x.contiguous(memory_format=torch.channels_last) if variant != "contiguous" else x.contiguous()
         if variant == "torch.compile":
             start = time.perf_counter()
@@ -395,7 +395,7 @@ def time_online_step(steps: int, warmup: int, size: int = 224) -> dict:
     config = make_config("cpu", "multi_similarity", {"image_size": 224, "resize_size": 256, "cache_views": 0, "cache_from_block": 0})
     torch.manual_seed(0)
     model = build_model(config).to(memory_format=torch.channels_last)
-    backbone_params, head_params = _trainable_parameters(model, config)
+    backbone_params, head_params = trainable_parameters(model, config)
     optimizer = torch.optim.Adam(backbone_params + head_params, lr=config["lr"])
     loss_fn = build_loss(config, 100, model.embedding_dim)
     images = torch.randn(config["p"] * config["k"], 3, size, size).contiguous(memory_format=torch.channels_last)

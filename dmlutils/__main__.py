@@ -6,6 +6,7 @@
     python -m dmlutils baseline --profile cpu
     python -m dmlutils study [contrastive ...] --profile cpu --processes 2
     python -m dmlutils recipe --processes 2
+    python -m dmlutils recipe --profile cpu_full
     python -m dmlutils runs --profile cpu --processes 2 [--only group:beta] [--dry-run]
     python -m dmlutils verify --profile cpu [--runs multi_similarity:0]
     python -m dmlutils cache --profile cpu --set seed=1
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -29,6 +31,12 @@ def _record_path(args, name: str, seed: int = 0) -> Path:
     if args.record:
         return Path(args.record)
     return record_path(args.results, args.profile, name, seed)
+
+
+def resume_command(argv=None) -> str:
+    """The command line that continues this one's run: the same arguments, with --resume."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return shlex.join(["python", "-m", "dmlutils", *args, *([] if "--resume" in args else ["--resume"])])
 
 
 def main(argv=None) -> int:
@@ -50,6 +58,7 @@ def main(argv=None) -> int:
     train_parser.add_argument("--name", default=None, help="record name (default: the loss name)")
     train_parser.add_argument("--run-dir", default=None, help="checkpoint folder (default: runs/<profile>/<name>)")
     train_parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    train_parser.add_argument("--same-code", action="store_true", help="with --resume: refuse a checkpoint written by other code")
     train_parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
     ablation_parser = commands.add_parser("ablation", help="train one run of the run manifest by name (dmlutils.manifest)")
@@ -57,6 +66,7 @@ def main(argv=None) -> int:
     ablation_parser.add_argument("name", help="e.g. ms_no_mining; see dmlutils/manifest.py")
     ablation_parser.add_argument("--seed", type=int, default=0)
     ablation_parser.add_argument("--resume", action="store_true")
+    ablation_parser.add_argument("--same-code", action="store_true", help="with --resume: refuse a checkpoint written by other code")
     ablation_parser.add_argument("--quiet", action="store_true")
 
     study_parser = commands.add_parser("study", help="choose losses' settings on held-out training classes, then train them (dmlutils.studies)")
@@ -66,7 +76,8 @@ def main(argv=None) -> int:
     study_parser.add_argument("--runs", default="runs", help="folder of checkpoints (default: runs/)")
     study_parser.add_argument("--quiet", action="store_true")
 
-    recipe_parser = commands.add_parser("recipe", help="choose the cpu profile's recipe on held-out training classes (dmlutils.recipe)")
+    recipe_parser = commands.add_parser("recipe", help="choose a profile's recipe on held-out training classes (dmlutils.recipe)")
+    recipe_parser.add_argument("--profile", default="cpu", choices=["cpu", "cpu_full"], help="whose recipe (default: cpu)")
     recipe_parser.add_argument("--root", default=None, help="data root (default: $DML_DATA, else ./data)")
     recipe_parser.add_argument("--results", default="results", help="folder of run records (default: results/)")
     recipe_parser.add_argument("--runs", default="runs", help="folder of checkpoints (default: runs/)")
@@ -129,7 +140,7 @@ def main(argv=None) -> int:
         if args.command == "recipe":
             from .recipe import run_recipe_study
 
-            recipe = run_recipe_study(args.results, args.runs, processes=args.processes, root=args.root)
+            recipe = run_recipe_study(args.results, args.runs, processes=args.processes, root=args.root, profile=args.profile)
             print("recipe: " + ", ".join(f"{k}={v}" for k, v in recipe.items()))
             return 0
         if args.command == "study":
@@ -159,7 +170,13 @@ def main(argv=None) -> int:
             config = make_config(args.profile, loss, overrides)
             run_dir = run_dir or Path("runs") / args.profile / name
             record_path = _record_path(args, name, config["seed"])
-            record = engine.train(config, run_dir, resume=args.resume, root=args.root, record_path=record_path, progress=not args.quiet, device=args.device)
+            try:
+                record = engine.train(config, run_dir, resume=args.resume, root=args.root, record_path=record_path,
+                                      progress=not args.quiet, device=args.device, same_code=args.same_code)
+            except engine.RunInterrupted as stopped:
+                print(f"interrupted at step {stopped.step} of {config['iterations']}; the checkpoint is in {stopped.run_dir}. "
+                      f"Resume with:\n  {resume_command(argv)}", file=sys.stderr)
+                return 130
         else:
             config = make_config(args.profile, "multi_similarity", parse_set_arguments(args.set))
             record_path = _record_path(args, "baseline", config["seed"])

@@ -144,7 +144,7 @@ def config_of(entry: Run, profile: str, seed: int) -> dict:
 
 
 def _as_json(value):
-    from .engine import _jsonable
+    from .provenance import _jsonable
 
     return json.loads(json.dumps(value, default=_jsonable))
 

@@ -35,7 +35,7 @@ def parse(spec: str) -> tuple[str, int]:
 
 def same_machine(record: dict) -> bool:
     """Whether this process runs where the record was made (platform, versions, threads)."""
-    from .engine import environment
+    from .provenance import environment
 
     here, there = environment(), record.get("environment", {})
     return all(here.get(k) == there.get(k) for k in ("platform", "torch", "python", "cpu_threads"))

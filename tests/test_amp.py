@@ -16,9 +16,14 @@ def smoke(**overrides):
     return make_config("smoke", "multi_similarity", {"iterations": "2", "eval_every": "2", **{k: str(v) for k, v in overrides.items()}})
 
 
+# Settings a profile adopts on purpose: cpu_full's whole-backbone step runs channels-last.
+CHOSEN = {("cpu_full", "channels_last"): True}
+
+
 def test_every_profile_has_the_settings_with_neutral_defaults():
     for name, profile in PROFILES.items():
         for key, default in {**NEW_SETTINGS, "max_classes": 0, "weights_path": ""}.items():
+            default = CHOSEN.get((name, key), default)
             assert profile[key] == default and type(profile[key]) is type(default), (name, key)
         assert "num_workers" in profile
 
@@ -65,8 +70,8 @@ class _Spy:
             loss.forward = spied
             return loss
 
-        monkeypatch.setattr(engine, "build_model", build_model)
-        monkeypatch.setattr(engine, "build_loss", build_loss)
+        monkeypatch.setattr(engine.loop, "build_model", build_model)
+        monkeypatch.setattr(engine.loop, "build_loss", build_loss)
 
 
 def test_bf16_autocast_on_cpu_trains_with_a_float32_loss(monkeypatch, tmp_path):
@@ -133,7 +138,7 @@ def test_channels_last_feeds_channels_last_images(monkeypatch, tmp_path):
 def test_cudnn_benchmark_is_on_during_the_run_and_restored_after(monkeypatch, tmp_path):
     during = []
     real_model = engine.build_model
-    monkeypatch.setattr(engine, "build_model", lambda config: (during.append(torch.backends.cudnn.benchmark), real_model(config))[1])
+    monkeypatch.setattr(engine.loop, "build_model", lambda config: (during.append(torch.backends.cudnn.benchmark), real_model(config))[1])
     before = torch.backends.cudnn.benchmark
     engine.train(smoke(cudnn_benchmark=True), tmp_path / "run", progress=False, device="cpu")
     assert during == [True] and torch.backends.cudnn.benchmark == before
@@ -141,13 +146,14 @@ def test_cudnn_benchmark_is_on_during_the_run_and_restored_after(monkeypatch, tm
 
 def test_pin_memory_only_pins_for_cuda(monkeypatch, tmp_path):
     pins = []
-    real_loader = engine.DataLoader
+    real_loader = engine.sources.DataLoader
 
     def spy_loader(*args, **kwargs):
         pins.append(kwargs.get("pin_memory"))
         return real_loader(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "DataLoader", spy_loader)
+    monkeypatch.setattr(engine.sources, "DataLoader", spy_loader)
+    monkeypatch.setattr(engine.evaluation, "DataLoader", spy_loader)
     record = engine.train(smoke(pin_memory=True), tmp_path / "run", progress=False, device="cpu")
     assert pins and not any(pins)  # no CUDA here: pinning would only warn
     assert record["config"]["pin_memory"] is True

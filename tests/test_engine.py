@@ -102,7 +102,7 @@ def test_an_ms_run_records_what_its_mining_removes_without_changing_the_run(smok
         mining = evaluation["mining"]
         assert set(mining) == {"positive_kept", "negative_kept", "positive_weight_dropped", "negative_weight_dropped"}
         assert all(0 <= v <= 1 for v in mining.values()) and mining["negative_kept"] < 1  # smoke batches are mined
-    monkeypatch.setattr(engine, "mining_probe", lambda loss: None)
+    monkeypatch.setattr(engine.loop, "mining_probe", lambda loss: None)
     unmeasured = engine.train(smoke(), tmp_path / "run", progress=False, device="cpu")
     assert unmeasured["final"] == record["final"]  # measuring is read-only: the same run, bit for bit
     assert all("mining" not in e for e in unmeasured["evaluations"])
@@ -154,12 +154,12 @@ def test_cli_writes_the_record(tmp_path):
 
 
 def test_cached_profile_trains_exactly_the_blocks_after_the_cache():
-    from dmlutils.engine import _trainable_parameters
+    from dmlutils.engine import trainable_parameters
     from dmlutils.models import EmbeddingModel, efficientnet_lite0
 
     config = make_config("cpu")
     model = EmbeddingModel(efficientnet_lite0(pretrained=False), embedding_dim=8, pooling="avg", freeze_bn=True)
-    backbone_params, head_params = _trainable_parameters(model, config)
+    backbone_params, head_params = trainable_parameters(model, config)
     trained = {n for n, p in model.backbone.named_parameters() if any(p is q for q in backbone_params)}
     blocks = {int(n.split(".")[1]) for n in trained if n.startswith("_blocks.")}
     assert blocks == set(range(config["cache_from_block"], model.backbone.num_blocks))

@@ -38,4 +38,7 @@ def test_two_processes_reproduce_one(loss, tmp_path):
         assert a["iteration"] == b["iteration"]
         if b["train_loss"] is not None:  # the global-batch loss, logged on the main process
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-        assert a["metrics"]["recall@1"] == pytest.approx(b["metrics"]["recall@1"], abs=0.01)
+        # Each process runs half the batch, and oneDNN may pick other kernels for other batch
+        # sizes: float32 rounding differs (the losses above agree to 1e-7) and, on an AVX-512
+        # machine, flipped 3 of the 200 nearest-neighbour queries after 6 steps of triplet-center.
+        assert a["metrics"]["recall@1"] == pytest.approx(b["metrics"]["recall@1"], abs=0.02)

@@ -49,7 +49,7 @@ def test_paper_profile_trains_two_iterations_on_cub_images(shared_data_root, ran
     assert config["cache_views"] == 0 and config["amp"] == paper["amp"] == "off"
 
     seen = {"batches": [], "pooling": [], "inputs": []}
-    real_loader, real_pool = engine.DataLoader, GlobalPool.forward
+    real_loader, real_pool = engine.sources.DataLoader, GlobalPool.forward
 
     def spy_loader(*args, **kwargs):
         if "batch_sampler" in kwargs:  # the training loader of the images path
@@ -60,7 +60,8 @@ def test_paper_profile_trains_two_iterations_on_cub_images(shared_data_root, ran
         seen["pooling"].append((self.mode, tuple(feature_map.shape[1:])))
         return real_pool(self, feature_map)
 
-    monkeypatch.setattr(engine, "DataLoader", spy_loader)
+    monkeypatch.setattr(engine.sources, "DataLoader", spy_loader)
+    monkeypatch.setattr(engine.evaluation, "DataLoader", spy_loader)
     monkeypatch.setattr(GlobalPool, "forward", spy_pool)
     real_build = engine.build_model
 
@@ -70,7 +71,7 @@ def test_paper_profile_trains_two_iterations_on_cub_images(shared_data_root, ran
         seen["model"] = model
         return model
 
-    monkeypatch.setattr(engine, "build_model", spy_build)
+    monkeypatch.setattr(engine.loop, "build_model", spy_build)
     real_datasets = engine.build_datasets
 
     def spy_datasets(config, root=None):
@@ -78,7 +79,7 @@ def test_paper_profile_trains_two_iterations_on_cub_images(shared_data_root, ran
         seen["train_set"] = train
         return train, test
 
-    monkeypatch.setattr(engine, "build_datasets", spy_datasets)
+    monkeypatch.setattr(engine.loop, "build_datasets", spy_datasets)
 
     record_path = tmp_path / "paper.json"
     record = engine.train(config, tmp_path / "run", record_path=record_path, root=shared_data_root, progress=False, device="cpu")

@@ -43,16 +43,16 @@ def test_a_validation_run_trains_without_the_held_out_classes_and_never_reads_th
         train, test = build(config, root)
         return train, _Untouchable(test)
 
-    monkeypatch.setattr(engine, "build_datasets", build_with_untouchable_test)
+    monkeypatch.setattr(engine.loop, "build_datasets", build_with_untouchable_test)
     seen_labels = set()
-    feed = engine._Feeder.batches
+    feed = engine.ImageLoaderSource.batches
 
     def recording_batches(self, sampler, start, count):
         for x, y in feed(self, sampler, start, count):
             seen_labels.update(y.tolist())
             yield x, y
 
-    monkeypatch.setattr(engine._Feeder, "batches", recording_batches)
+    monkeypatch.setattr(engine.ImageLoaderSource, "batches", recording_batches)
     config = make_config("smoke", "multi_similarity", {"validation_classes": 2, "iterations": 4, "eval_every": 2})
     record = engine.train(config, tmp_path / "run", progress=False)
     assert record["evaluated_on"] == {"split": "validation", "images": 2 * 20, "classes": 2, "labels": [8, 9]}
