@@ -1,4 +1,4 @@
-"""Named run profiles: one training code path at three sizes (smoke / cpu / paper).
+"""Named run profiles: one training code path at four sizes (smoke / cpu / cpu_full / paper).
 
 A profile is a flat dict of settings; `make_config(profile, loss, overrides)` copies it,
 applies `--set key=value` overrides (checked against the profile's keys, values parsed
@@ -18,6 +18,10 @@ that lists the valid ones.
           decay from 1e-4, blocks 11-15 on 5 views with random flips, 400 iterations,
           the test split evaluated every 100. Version 1 (144 px, average pooling, a
           constant rate, no flips) is the study's starting point, `recipe.BASE`.
+* cpu_full — the paper's manner on a CPU: the same data, backbone and input as cpu, but
+          every block of EfficientNet-Lite0 fine-tuned (BatchNorm frozen) on images
+          decoded once into memory and re-augmented on every step (`decoded_images`),
+          channels-last. Its recipe is chosen on held-out training classes.
 * paper — the paper's setting (BN-Inception, 227-px crops of 256-px images, batch
           80 = 16 x 5, Adam 3e-5 with weight decay 5e-4, 3,000 iterations, lr x 0.1 at
           1,200 and 2,400, global max pooling, frozen BN). For a GPU or Colab.
@@ -33,6 +37,10 @@ Cheap augmentation of cached activations (cpu): `feature_crop=c` trains on a ran
 window of each cached activation map (evaluation sees the whole map; the convolutions and
 the global pooling accept either size, and a smaller map is a cheaper step);
 `feature_flip=true` mirrors half of the maps left-right.
+
+`decoded_images=true` (images path) decodes and resizes every image once into memory as
+uint8 and runs the random crop and flip on tensors at each step, in the main process: no
+JPEG decoding per step, and a resumed run repeats every random draw.
 
 `xbm_size=n` adds a cross-batch memory of the last n embeddings (`dmlutils.xbm`), used
 from iteration `xbm_start` on (the XBM paper's warm-up; the memory fills from there).
@@ -95,6 +103,7 @@ PROFILES: dict[str, dict] = {
         lr_schedule="step",
         warmup_iterations=0,
         cache_views=0,
+        decoded_images=False,
         cache_from_block=0,
         feature_crop=0,
         feature_flip=False,
@@ -136,6 +145,7 @@ PROFILES: dict[str, dict] = {
         lr_schedule="cosine",
         warmup_iterations=0,
         cache_views=5,
+        decoded_images=False,
         cache_from_block=11,
         feature_crop=0,
         feature_flip=True,
@@ -150,6 +160,48 @@ PROFILES: dict[str, dict] = {
         weights_path="",
         amp="off",
         channels_last=False,
+        cudnn_benchmark=False,
+        pin_memory=False,
+    ),
+    "cpu_full": dict(
+        data="cub200",
+        backbone="efficientnet_lite0",
+        pretrained=True,
+        image_size=224,
+        resize_size=256,
+        transform="efficientnet_lite0",
+        embedding_dim=512,
+        pooling="max",
+        freeze_bn=True,
+        p=16,
+        k=5,
+        iterations=800,
+        eval_every=200,
+        optimizer="adam",
+        lr=1e-4,
+        head_lr=1e-4,
+        loss_lr=0.0,
+        weight_decay=5e-4,
+        lr_milestones=(),
+        lr_gamma=0.1,
+        lr_schedule="cosine",
+        warmup_iterations=0,
+        cache_views=0,
+        decoded_images=True,
+        cache_from_block=0,
+        feature_crop=0,
+        feature_flip=False,
+        xbm_size=0,
+        xbm_start=0,
+        validation_classes=0,
+        num_workers=0,
+        eval_batch_size=128,
+        eval_ks=(1, 2, 4, 8, 16, 32),
+        seed=0,
+        max_classes=0,
+        weights_path="",
+        amp="off",
+        channels_last=True,
         cudnn_benchmark=False,
         pin_memory=False,
     ),
@@ -177,6 +229,7 @@ PROFILES: dict[str, dict] = {
         lr_schedule="step",
         warmup_iterations=0,
         cache_views=0,
+        decoded_images=False,
         cache_from_block=0,
         feature_crop=0,
         feature_flip=False,
@@ -197,7 +250,7 @@ PROFILES: dict[str, dict] = {
 }
 
 # Bumped whenever a profile's settings change; records carry it as `profile_version`.
-PROFILE_VERSIONS = {"smoke": 2, "cpu": 2, "paper": 1}
+PROFILE_VERSIONS = {"smoke": 2, "cpu": 2, "cpu_full": 1, "paper": 1}
 LR_SCHEDULES = ("step", "cosine")
 AMP_MODES = ("off", "bf16", "fp16")
 # The input pipeline (dmlutils.data.transforms) of each pretrained backbone.
@@ -266,6 +319,8 @@ def make_config(profile: str, loss: str = "multi_similarity", overrides: dict | 
         raise ValueError(f"unknown lr_schedule {config['lr_schedule']!r}; valid: {', '.join(LR_SCHEDULES)}")
     if config["warmup_iterations"] < 0 or config["feature_crop"] < 0:
         raise ValueError("warmup_iterations and feature_crop must be >= 0")
+    if config["decoded_images"] and config["cache_views"]:
+        raise ValueError("decoded_images trains on images; cache_views > 0 trains on cached activations: set one of them")
     if config["feature_crop"] and not config["cache_views"]:
         raise ValueError("feature_crop crops cached activation maps: it needs cache_views > 0")
     if config["amp"] not in AMP_MODES:

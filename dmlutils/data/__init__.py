@@ -41,7 +41,7 @@ from .fingerprint import data_fingerprint, file_sha256
 from .inshop import InShop
 from .sop import StanfordOnlineProducts
 from .synthetic import SyntheticDataset
-from .transforms import TRANSFORM_SPECS, denormalize, get_transforms, transform_names
+from .transforms import TRANSFORM_SPECS, denormalize, get_transforms, pipeline_stages, transform_names
 
 DATASETS = {
     "cub200": CUB200,
@@ -87,6 +87,7 @@ __all__ = [
     "file_sha256",
     "get_dataset",
     "get_transforms",
+    "pipeline_stages",
     "load_rgb",
     "locate_or_download",
     "md5sum",

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms import v2
 
-__all__ = ["TRANSFORM_SPECS", "InputSpec", "RGBToBGR", "denormalize", "get_transforms", "transform_names"]
+__all__ = ["TRANSFORM_SPECS", "InputSpec", "RGBToBGR", "denormalize", "get_transforms", "pipeline_stages", "transform_names"]
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,28 @@ def get_transforms(
         steps.append(RGBToBGR())
     steps.append(v2.Normalize(mean=list(spec.mean), std=list(spec.std)))
     return v2.Compose(steps)
+
+
+_DETERMINISTIC = (v2.ToImage, v2.Resize, v2.CenterCrop)
+
+
+def pipeline_stages(pipeline: v2.Compose | None) -> tuple[v2.Transform, v2.Transform, v2.Transform]:
+    """A pipeline of :func:`get_transforms` cut in three: (decode, augment, finish).
+
+    ``decode`` is its deterministic head (to a uint8 tensor, resize, centre crop): run once
+    per image, its output can be kept in memory. ``augment`` is the random middle
+    (RandomResizedCrop, flip; empty for a test pipeline): run on every draw of an image.
+    ``finish`` (to float, channel order, normalisation) works on a whole batch at once.
+    Composed in order they are the pipeline. ``None`` (generated tensors) gives three
+    identities.
+    """
+    if pipeline is None:
+        return v2.Identity(), v2.Identity(), v2.Identity()
+    steps = list(pipeline.transforms)
+    to_float = next((i for i, step in enumerate(steps) if isinstance(step, v2.ToDtype)), len(steps))
+    head = steps[:to_float]
+    fixed = next((i for i, step in enumerate(head) if not isinstance(step, _DETERMINISTIC)), len(head))
+    return tuple(v2.Compose(part) if part else v2.Identity() for part in (head[:fixed], head[fixed:], steps[to_float:]))
 
 
 def denormalize(images: torch.Tensor, name: str) -> torch.Tensor:
