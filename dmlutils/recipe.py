@@ -23,11 +23,21 @@ classes, no training: the floor each input candidate must clear) and
 `results/cpu/recipe/seeds/seed_<n>.json` (the winner again with other seeds: the noise
 a difference between candidates must exceed). The cpu profile's settings are the final
 recipe (a test checks that they agree).
+
+The same machinery chooses the `cpu_full` profile's recipe (the whole backbone fine-tuned
+on decoded images, `FULL`): its learning rates, warm-up and length, each candidate within
+`FULL_BUDGET_MINUTES` for one run of the profile it would become, on this machine's two
+cores (a whole-backbone run trains one at a time, on both threads):
+
+    python -m dmlutils recipe --profile cpu_full
+
+writes the same files under `results/cpu_full/recipe/`.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -115,9 +125,75 @@ MATRIX_BUDGET_HOURS = 12.0
 MATRIX_PROCESSES = 2
 POOLINGS = ("avg", "max", "avg+max")
 
+# The cpu_full profile's study: its starting point (version 1 of cpu_full, the untuned
+# whole-backbone probe of DESIGN.md) and the questions, in order.
+FULL_BASE: dict = dict(
+    lr=1e-4,
+    head_lr=1e-4,
+    lr_schedule="cosine",
+    lr_milestones=(),
+    warmup_iterations=0,
+    iterations=800,
+    eval_every=100,
+)
+FULL_STAGES: list[tuple[str, str, dict[str, dict | Callable[[dict], dict]]]] = [
+    ("rates", "learning rates of the pretrained blocks and of the new head", {
+        "1e-4": {},
+        "5e-5": {"lr": 5e-5, "head_lr": 5e-5},
+        "2e-4": {"lr": 2e-4, "head_lr": 2e-4},
+        "head_1e-3": {"head_lr": 1e-3},  # the fresh head faster than the pretrained blocks
+    }),
+    ("warmup", "a linear warm-up of the rates", {
+        "none": {},
+        "warmup_100": {"warmup_iterations": 100},
+    }),
+    ("length", "number of iterations (the schedule scaled with it)", {
+        "kept": {},
+        "400": _scaled_length(400),
+        "1200": _scaled_length(1200),
+    }),
+]
+FULL_BUDGET_MINUTES = 90.0  # one run of the profile, evaluations included, on two cores
 
-def recipe_dir(results) -> Path:
-    return Path(results) / PROFILE / "recipe"
+
+@dataclass(frozen=True)
+class RecipeStudy:
+    """One profile's recipe study: where it starts, what it asks, and what a candidate may cost."""
+
+    profile: str
+    base: dict
+    stages: list
+    seeds: tuple
+    poolings: tuple  # the floors: the pretrained features at each input size and pooling
+    budget: float
+    budget_unit: str  # "h" (the run manifest's hours) or "min" (one run's minutes)
+    cost_key: str  # what the selection and the rows call the cost: "matrix_hours" or "run_minutes"
+    budget_key: str
+    cost: Callable[[dict], float] = field(repr=False)
+
+
+def cpu_study() -> RecipeStudy:
+    """The cpu profile's study, read from this module's names at call time (tests rebind them)."""
+    return RecipeStudy(PROFILE, BASE, STAGES, SEEDS, POOLINGS, MATRIX_BUDGET_HOURS, "h", "matrix_hours", "budget_hours",
+                       lambda recipe: matrix_hours(recipe))
+
+
+def full_study() -> RecipeStudy:
+    """The cpu_full profile's study: a candidate is affordable when one run of the profile it
+    would become fits `FULL_BUDGET_MINUTES` on two cores."""
+    return RecipeStudy("cpu_full", FULL_BASE, FULL_STAGES, SEEDS, ("max",), FULL_BUDGET_MINUTES, "min", "run_minutes",
+                       "budget_minutes", lambda recipe: run_minutes(recipe, "cpu_full", threads=2))
+
+
+def get_study(profile: str = PROFILE) -> RecipeStudy:
+    studies = {"cpu": cpu_study, "cpu_full": full_study}
+    if profile == PROFILE or profile not in studies:  # tests run the cpu study at the smoke profile
+        return cpu_study()
+    return studies[profile]()
+
+
+def recipe_dir(results, study: RecipeStudy | None = None) -> Path:
+    return Path(results) / (study or cpu_study()).profile / "recipe"
 
 
 def _config(overrides: dict, profile: str = PROFILE, seed: int = 0) -> dict:
@@ -136,18 +212,19 @@ def profile_settings(recipe: dict) -> dict:
     return {**recipe, "eval_every": max(1, recipe["iterations"] // 4)}
 
 
-def run_minutes(recipe: dict) -> float:
-    """Estimated minutes of one MS run of the profile a recipe becomes, on one thread of
-    an otherwise idle machine (two side by side take `runner.SIDE_BY_SIDE_SLOWDOWN` times longer)."""
+def run_minutes(recipe: dict, profile: str | None = None, threads: int = 1) -> float:
+    """Estimated minutes of one MS run of the profile a recipe becomes, on `threads` threads
+    of an otherwise idle machine (two one-thread runs side by side take
+    `runner.SIDE_BY_SIDE_SLOWDOWN` times longer)."""
     from .runner import Job, estimate_seconds
 
-    return estimate_seconds(Job("ms", _profile_config(recipe, {}, LOSS, 0), None, None)) / 60
+    return estimate_seconds(Job("ms", _profile_config(recipe, {}, LOSS, 0, profile), None, None), threads=threads) / 60
 
 
-def _profile_config(recipe: dict, overrides: dict, loss: str, seed: int) -> dict:
+def _profile_config(recipe: dict, overrides: dict, loss: str, seed: int, profile: str | None = None) -> dict:
     from .profiles import make_config
 
-    return make_config(PROFILE, loss, {**profile_settings(recipe), **overrides, "seed": seed})
+    return make_config(profile or PROFILE, loss, {**profile_settings(recipe), **overrides, "seed": seed})
 
 
 def matrix_hours(recipe: dict, processes: int = MATRIX_PROCESSES) -> float:
@@ -173,14 +250,15 @@ def _score(record: dict) -> float:
     return float(record["final"][CRITERION])
 
 
-def read_selection(stage: str, results="results") -> dict | None:
-    path = recipe_dir(results) / stage / "selection.json"
+def read_selection(stage: str, results="results", study: RecipeStudy | None = None) -> dict | None:
+    path = recipe_dir(results, study) / stage / "selection.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def final_recipe(results="results") -> dict | None:
+def final_recipe(results="results", study: RecipeStudy | None = None) -> dict | None:
     """The overrides the whole study chose (on top of the profile), or None if unfinished."""
-    selection = read_selection(STAGES[-1][0], results)
+    study = study or cpu_study()
+    selection = read_selection(study.stages[-1][0], results, study)
     return None if selection is None else _recipe_of(selection)
 
 
@@ -192,24 +270,27 @@ def _recipe_of(selection: dict) -> dict:
 def run_recipe_study(results="results", runs="runs", processes: int = 1, root=None, profile: str = PROFILE, progress=True, echo=print) -> dict:
     """Run the stages in order (each one's candidates side by side); returns the recipe."""
     from . import engine
+    from .provenance import _jsonable
     from .runner import Job, run_jobs
 
-    folder = recipe_dir(results)
-    recipe = dict(BASE)
+    study = get_study(profile)
+    folder = recipe_dir(results, study)
+    recipe = dict(study.base)
     done: dict[str, str] = {}  # config as JSON -> record path (relative to results): no run twice
 
     def key(overrides, seed=0):
-        return json.dumps(_config(overrides, profile, seed), sort_keys=True, default=engine._jsonable)
+        return json.dumps(_config(overrides, profile, seed), sort_keys=True, default=_jsonable)
 
     # The floor: pretrained features on the held-out classes for every input size and pooling.
-    floors = [_config({**BASE, **_resolve(c, BASE), "pooling": p}, profile) for c in STAGES[0][2].values() for p in POOLINGS]
+    base = study.base
+    floors = [_config({**base, **_resolve(c, base), "pooling": p}, profile) for c in study.stages[0][2].values() for p in study.poolings]
     baselines = [
         Job(f"baseline {c['image_size']} {c['pooling']}", c, folder / "baseline" / f"{c['image_size']}_{c['pooling']}.json", Path(runs), kind="baseline", root=root)
         for c in {(c["image_size"], c["pooling"]): c for c in floors}.values()
     ]
     run_jobs(baselines, processes, progress, echo)
 
-    for stage, question, candidates in STAGES:
+    for stage, question, candidates in study.stages:
         settings = {name: {**recipe, **_resolve(c, recipe)} for name, c in candidates.items()}
         jobs, paths = [], {}
         for name, overrides in settings.items():
@@ -220,7 +301,7 @@ def run_recipe_study(results="results", runs="runs", processes: int = 1, root=No
             path = folder / stage / f"{name}.json"
             paths[name] = str(path.relative_to(results))
             done[k] = paths[name]
-            jobs.append(Job(f"{stage}/{name}", _config(overrides, profile), path, Path(runs) / PROFILE / "recipe" / stage / name, root=root))
+            jobs.append(Job(f"{stage}/{name}", _config(overrides, profile), path, Path(runs) / study.profile / "recipe" / stage / name, root=root))
         echo(f"stage {stage}: {question}")
         run_jobs(jobs, processes, progress, echo)
         records = {name: json.loads((Path(results) / p).read_text()) for name, p in paths.items()}
@@ -228,8 +309,8 @@ def run_recipe_study(results="results", runs="runs", processes: int = 1, root=No
             if record.get("evaluated_on", {}).get("split") != "validation":
                 raise ValueError(f"recipe record {paths[name]} was not evaluated on validation classes")
         scores = {name: _score(r) for name, r in records.items()}
-        hours = {name: matrix_hours(settings[name]) for name in settings}
-        eligible = [n for n in scores if hours[n] <= MATRIX_BUDGET_HOURS] or [min(hours, key=hours.get)]
+        costs = {name: study.cost(settings[name]) for name in settings}
+        eligible = [n for n in scores if costs[n] <= study.budget] or [min(costs, key=costs.get)]
         best = max(scores[n] for n in eligible)
         chosen = next(n for n in eligible if scores[n] == best)  # ties: the kept recipe
         recipe = settings[chosen]
@@ -239,9 +320,9 @@ def run_recipe_study(results="results", runs="runs", processes: int = 1, root=No
             "criterion": f"final validation {CRITERION}",
             "validation_classes": VALIDATION_CLASSES,
             "scores": scores,
-            "run_minutes": {name: run_minutes(settings[name]) for name in settings},
-            "matrix_hours": hours,
-            "budget_hours": MATRIX_BUDGET_HOURS,
+            "run_minutes": {name: run_minutes(settings[name], study.profile) for name in settings},
+            study.cost_key: costs,
+            study.budget_key: study.budget,
             "eligible": eligible,
             "records": paths,
             "chosen": chosen,
@@ -249,12 +330,12 @@ def run_recipe_study(results="results", runs="runs", processes: int = 1, root=No
             "git": engine.code_version(),
             "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         })
-        echo(f"stage {stage}: " + ", ".join(f"{n} {s:.4f} ({hours[n]:.1f} h)" for n, s in scores.items()) + f"; chose {chosen}")
+        echo(f"stage {stage}: " + ", ".join(f"{n} {s:.4f} ({costs[n]:.1f} {study.budget_unit})" for n, s in scores.items()) + f"; chose {chosen}")
 
     seed_jobs = [
         Job(f"seeds/seed_{seed}", _config(recipe, profile, seed), folder / "seeds" / f"seed_{seed}.json",
-            Path(runs) / PROFILE / "recipe" / "seeds" / f"seed_{seed}", root=root)
-        for seed in SEEDS
+            Path(runs) / study.profile / "recipe" / "seeds" / f"seed_{seed}", root=root)
+        for seed in study.seeds
     ]
     run_jobs(seed_jobs, processes, progress, echo)
     return recipe
@@ -264,20 +345,21 @@ def describe(overrides: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "as kept"
 
 
-def load_study(results="results") -> dict:
+def load_study(results="results", profile: str = PROFILE) -> dict:
     """What the recipe study has produced so far: {"stages": [{stage, question, rows,
     chosen}], "baselines": {(size, pooling): record}, "seeds": {seed: record},
     "recipe": the final recipe or None}. Each row: candidate, what it changes, its record
     (None if not run yet), the estimated minutes of one run and hours of the matrix under
     it, and whether that fits the budget."""
-    folder = recipe_dir(results)
+    study = get_study(profile)
+    folder = recipe_dir(results, study)
 
     def read(path):
         path = Path(path)
         return json.loads(path.read_text()) if path.exists() else None
 
-    stages, recipe, kept_path = [], dict(BASE), None
-    for stage, question, candidates in STAGES:
+    stages, recipe, kept_path = [], dict(study.base), None
+    for stage, question, candidates in study.stages:
         selection = read(folder / stage / "selection.json")
         rows = []
         for name, candidate in candidates.items():
@@ -286,11 +368,11 @@ def load_study(results="results") -> dict:
                 path = Path(results) / selection["records"][name]
             else:  # an open stage: its kept candidate is the record the stage before chose
                 path = kept_path if (not change and kept_path) else folder / stage / f"{name}.json"
-            hours = matrix_hours({**recipe, **change})
+            cost = study.cost({**recipe, **change})
             changed = {k: v for k, v in change.items() if recipe.get(k) != v}  # e.g. a length's schedule, unchanged
             rows.append({"candidate": name, "change": describe(changed), "record": read(path),
-                         "run_minutes": run_minutes({**recipe, **change}), "matrix_hours": hours,
-                         "eligible": hours <= MATRIX_BUDGET_HOURS})
+                         "run_minutes": run_minutes({**recipe, **change}, study.profile), study.cost_key: cost,
+                         "cost": cost, "eligible": cost <= study.budget})
         stages.append({"stage": stage, "question": question, "rows": rows, "chosen": selection["chosen"] if selection else None})
         if selection is None:
             break  # later stages depend on this one's choice
@@ -300,9 +382,10 @@ def load_study(results="results") -> dict:
     for path in sorted((folder / "baseline").glob("*.json")):
         record = read(path)
         baselines[(record["config"]["image_size"], record["config"]["pooling"])] = record
-    seeds = {seed: read(folder / "seeds" / f"seed_{seed}.json") for seed in SEEDS}
-    complete = len(stages) == len(STAGES) and stages[-1]["chosen"] is not None
-    return {"stages": stages, "baselines": baselines, "seeds": {s: r for s, r in seeds.items() if r}, "recipe": recipe if complete else None}
+    seeds = {seed: read(folder / "seeds" / f"seed_{seed}.json") for seed in study.seeds}
+    complete = len(stages) == len(study.stages) and stages[-1]["chosen"] is not None
+    return {"profile": study.profile, "stages": stages, "baselines": baselines, "seeds": {s: r for s, r in seeds.items() if r},
+            "recipe": recipe if complete else None}
 
 
 def findings(study: dict) -> list[str]:
@@ -312,6 +395,9 @@ def findings(study: dict) -> list[str]:
     cpu profile runs the result."""
     from .profiles import PROFILE_VERSIONS, PROFILES, make_config
     from .report import summarise
+
+    spec = get_study(study.get("profile", PROFILE))
+    profile = spec.profile
 
     def score(row):
         return row["record"]["final"][CRITERION]
@@ -335,16 +421,18 @@ def findings(study: dict) -> list[str]:
         if top["candidate"] != stage["chosen"] and not top["eligible"]:  # the budget, not the score, decided
             gap = score(top) - score(picked)
             beyond = "" if not noise else f", {'beyond' if gap > noise else 'within'} the seed noise"
+            what = "the matrix under it" if spec.cost_key == "matrix_hours" else "one run of it"
+            unit = spec.budget_unit
             line += (f" — *{top['candidate']}* scored higher ({100 * score(top):.1f} against {100 * score(picked):.1f}{beyond}), "
-                     f"but the matrix under it would take about {top['matrix_hours']:.1f} h against {picked['matrix_hours']:.1f} h "
-                     f"(budget {MATRIX_BUDGET_HOURS:g} h)")
+                     f"but {what} would take about {top[spec.cost_key]:.1f} {unit} against {picked[spec.cost_key]:.1f} {unit} "
+                     f"(budget {spec.budget:g} {unit})")
         lines.append(line)
     if study["recipe"] is None:
         pending = next((s["stage"] for s in study["stages"] if not s["chosen"]), None)
-        lines.append(f"The study is not finished: the stage *{pending}* has not chosen yet, and the `{PROFILE}` profile "
-                     f"(version {PROFILE_VERSIONS[PROFILE]}) still runs its first recipe.")
+        lines.append(f"The study is not finished: the stage *{pending}* has not chosen yet, and the `{profile}` profile "
+                     f"(version {PROFILE_VERSIONS[profile]}) still runs its first recipe.")
     else:
-        settings = profile_settings(make_config(PROFILE, LOSS, study["recipe"]))  # the evaluation cadence is the profile's own
-        agrees = all(settings[k] == PROFILES[PROFILE][k] for k in BASE)
-        lines.append(f"The `{PROFILE}` profile (version {PROFILE_VERSIONS[PROFILE]}) " + ("runs this recipe." if agrees else "does NOT run this recipe yet."))
+        settings = profile_settings(make_config(profile, LOSS, study["recipe"]))  # the evaluation cadence is the profile's own
+        agrees = all(settings[k] == PROFILES[profile][k] for k in spec.base)
+        lines.append(f"The `{profile}` profile (version {PROFILE_VERSIONS[profile]}) " + ("runs this recipe." if agrees else "does NOT run this recipe yet."))
     return lines

@@ -56,11 +56,27 @@ _CACHE_SECONDS_PER_IMAGE = 0.046
 _CUB_TRAIN_IMAGES, _CUB_TEST_IMAGES = 5864, 5924
 
 
-def estimate_seconds(job: Job) -> float:
-    """A rough time of one job on one thread (the plan printed before a batch starts)."""
+# The whole backbone on decoded images (cpu_full), 224 px, batch 80: seconds per training
+# step and per evaluated image, by threads. First figures from DESIGN.md's probe (fwd + bwd
+# + Adam of all of EfficientNet-Lite0: 6.2 s on 2 threads, 11 s on 1; an evaluation of the
+# 5,924 test images with JPEG decoding: 48 s on 2 threads); benchmarks/ measures them.
+_DECODED_STEP_SECONDS = {1: 11.0, 2: 6.2}
+_DECODED_EVAL_SECONDS_PER_IMAGE = {1: 0.014, 2: 0.008}
+_DECODE_SECONDS = 60.0  # every image decoded and resized once, at the start of a run
+
+
+def estimate_seconds(job: Job, threads: int = 1) -> float:
+    """A rough time of one job on `threads` threads (the plan printed before a batch starts)."""
     config = job.config
     if job.kind == "baseline":
         return 60.0
+    evaluations = config["iterations"] // config["eval_every"] + 1
+    eval_images = 1180 if config.get("validation_classes") else 5924
+    if config.get("decoded_images"):
+        threads = 2 if threads >= 2 else 1
+        area = (config["image_size"] / 224) ** 2
+        return _DECODE_SECONDS + area * (config["iterations"] * _DECODED_STEP_SECONDS[threads]
+                                         + evaluations * eval_images * _DECODED_EVAL_SECONDS_PER_IMAGE[threads])
     if not config.get("cache_views"):
         return 1.0 * config["iterations"]
     size, block = config["image_size"], config["cache_from_block"]
@@ -68,8 +84,6 @@ def estimate_seconds(job: Job) -> float:
     if config.get("feature_crop"):
         full = max(1, round(size / 16))  # the map entering blocks 8-11 is 1/16 of the image
         step *= min(1.0, (config["feature_crop"] / full) ** 2)
-    evaluations = config["iterations"] // config["eval_every"] + 1
-    eval_images = 1180 if config.get("validation_classes") else 5924
     return config["iterations"] * step + evaluations * eval_images * _EVAL_SECONDS_PER_IMAGE.get(block, 0.008)
 
 

@@ -146,3 +146,29 @@ def test_findings_read_each_lead_against_the_winners_seed_spread():
     assert "+0.5 MAP@R over *avg*, within the seed noise" in lines[2]
     assert "*avg+max* scored higher (53.0 against 51.0, beyond the seed noise)" in lines[2] and "14.0 h against 10.0 h" in lines[2]
     assert "the stage *length* has not chosen yet" in lines[3] and len(lines) == 4
+
+
+def test_the_cpu_full_study_starts_from_the_cpu_full_profile_and_its_candidates_are_valid_configs():
+    study = recipe.get_study("cpu_full")
+    assert study.profile == "cpu_full" and study.cost_key == "run_minutes" and study.budget == recipe.FULL_BUDGET_MINUTES
+    profile = PROFILES["cpu_full"]
+    assert all(profile[k] == v for k, v in recipe.FULL_BASE.items() if k != "eval_every")  # version 1 is the study's start
+    for stage, _, candidates in study.stages:
+        for name, candidate in candidates.items():
+            config = recipe._config({**study.base, **recipe._resolve(candidate, study.base)}, "cpu_full")
+            assert config["validation_classes"] == recipe.VALIDATION_CLASSES and config["decoded_images"], (stage, name)
+    # a longer run costs more, and the cost is one run's minutes on two threads, not the cpu matrix's hours
+    assert study.cost({**study.base, "iterations": 1200}) > study.cost(study.base) > 10
+    assert recipe.get_study("cpu").cost_key == "matrix_hours"
+
+
+def test_the_cpu_full_study_writes_under_its_own_profile(monkeypatch, tmp_path):
+    monkeypatch.setattr(recipe, "FULL_BASE", dict(iterations=4, eval_every=2))
+    monkeypatch.setattr(recipe, "FULL_STAGES", [("rates", "learning rate", {"kept": {}, "fast": {"lr": 3e-3}})])
+    monkeypatch.setattr(recipe, "SEEDS", ())
+    monkeypatch.setattr(recipe, "VALIDATION_CLASSES", 2)
+    calls = []
+    monkeypatch.setattr("dmlutils.runner.run_jobs", lambda jobs, *a, **k: calls.append([j.name for j in jobs]) or {})
+    with pytest.raises(FileNotFoundError):  # nothing ran (run_jobs is stubbed): no record to read
+        recipe.run_recipe_study(tmp_path / "results", tmp_path / "runs", profile="cpu_full", echo=lambda *_: None)
+    assert calls[0] == ["baseline 224 max"] and calls[1] == ["rates/kept", "rates/fast"]
