@@ -9,8 +9,10 @@ of the cached activations.
 """
 import datetime as dt
 import json
+import re
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -35,6 +37,13 @@ VIEWS = CPU["cache_views"]  # the cpu profile's cache: its views of each trainin
 # (the 112-channel stage's), both at stride 16.
 CACHED_CHANNELS = {8: 80, 11: 112}
 MAP_SIDE = -(-CPU["image_size"] // 16)
+# An absolute path in a text: POSIX (/tmp/..., /work/..., /home/..., /root/...), home (~/...), a Windows drive
+# (C:\... or C:/...) or share (\\server\...), after a space, quote, backtick, bracket, '=', ':' or ','.
+ABSOLUTE = re.compile(r"(?:^|(?<=[\s`'\"(\[=:,]))(?:~/|/(?=[\w.~-])|[A-Za-z]:[\\/]|\\\\(?=\w))[^\s`'\"(),;]*", re.M)
+
+
+def absolute_paths(text: str) -> list[str]:
+    return ABSOLUTE.findall(text)
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +74,17 @@ def test_every_benchmark_writes_json_markdown_and_the_readme_gathers_them(suite)
 def test_reports_hold_no_path_of_this_machine(suite):
     from dmlutils.records import machine_paths
 
-    _, _, reports = suite
+    _, out, reports = suite
     for name, report in reports.items():
         assert machine_paths(report) == [], name  # written to a temporary folder, run with absolute paths
+        # the markdown too, its command line included; and it is what the JSON report makes
+        assert absolute_paths((out / f"{name}.md").read_text()) == [], name
+        assert (out / f"{name}.md").read_text() == run_all.report_markdown(run_all.BENCHMARKS[name], report), name
+    assert absolute_paths((out / "README.md").read_text()) == []
+    # the raw JSON went to a scratch folder, the plot to the (temporary) output folder
+    assert "--out <tmp>/raw.json" in reports["losses"]["provenance"]["command"]
+    assert reports["growth"]["provenance"]["command"].endswith(" --plot <out-dir>/growth.png")
+    assert "--out-dir <tmp>/" in reports["losses"]["suite_command"]
 
 
 def test_provenance_names_the_code_libraries_threads_machine_and_time(suite):
@@ -185,6 +202,32 @@ def test_data_and_model_reports_have_their_rows(suite):
 
 
 # ------------------------------------------------------------ parts, without running the suite
+
+
+def test_commands_name_paths_relative_to_the_repository_or_a_placeholder(tmp_path):
+    growth = run_all.BENCHMARKS["growth"]
+    inside = run_all.REPO / "_build" / "benchmarks-small"
+    # --out inside the repository: relative to its root, as typed there
+    command = run_all.benchmark_command(growth, True, 1, inside / "raw.json", inside)
+    assert command[0] == sys.executable and Path(command[command.index("--out") + 1]).is_absolute()  # runs as is
+    assert run_all.display_command(command, inside) == (
+        "python benchmarks/bench_growth.py --small --threads 1 --out _build/benchmarks-small/raw.json "
+        "--plot _build/benchmarks-small/growth.png")
+    # outside it: the scratch folder and the output folder by placeholders, without their names
+    scratch, out_dir = tmp_path / "bench_growth_x1y2", tmp_path / "somewhere" / "bench"
+    command = run_all.benchmark_command(growth, True, 1, scratch / "raw.json", out_dir)
+    shown = run_all.display_command(command, out_dir, scratch=scratch)
+    assert shown == "python benchmarks/bench_growth.py --small --threads 1 --out <tmp>/raw.json --plot <out-dir>/growth.png"
+    # any other absolute path: under the temporary folder, or by its name alone
+    other = Path(tempfile.gettempdir()) / "bench" / "x.json"
+    assert run_all.display_command([sys.executable, str(run_all.HERE / "run_all.py"), "--out-dir", str(other.parent),
+                                    f"--plot={other}", "--x", "/opt/data/CUB_200_2011", "--y", "relative/p.json"]) == (
+        "python benchmarks/run_all.py --out-dir <tmp>/bench --plot=<tmp>/bench/x.json --x <local>/CUB_200_2011 "
+        "--y relative/p.json")
+    for bench in run_all.BENCHMARKS.values():
+        for small in (False, True):
+            command = run_all.benchmark_command(bench, small, 1, scratch / "raw.json", out_dir)
+            assert absolute_paths(run_all.display_command(command, out_dir, scratch=scratch)) == [], bench.name
 
 
 def test_loglog_slope_recovers_known_exponents():
