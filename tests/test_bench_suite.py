@@ -10,6 +10,7 @@ of the cached activations.
 import datetime as dt
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ VIEWS = CPU["cache_views"]  # the cpu profile's cache: its views of each trainin
 # (the 112-channel stage's), both at stride 16.
 CACHED_CHANNELS = {8: 80, 11: 112}
 MAP_SIDE = -(-CPU["image_size"] // 16)
+COMMITTED = REPO / "results" / "benchmarks"
 # An absolute path in a text: POSIX (/tmp/..., /work/..., /home/..., /root/...), home (~/...), a Windows drive
 # (C:\... or C:/...) or share (\\server\...), after a space, quote, backtick, bracket, '=', ':' or ','.
 ABSOLUTE = re.compile(r"(?:^|(?<=[\s`'\"(\[=:,]))(?:~/|/(?=[\w.~-])|[A-Za-z]:[\\/]|\\\\(?=\w))[^\s`'\"(),;]*", re.M)
@@ -202,6 +204,33 @@ def test_data_and_model_reports_have_their_rows(suite):
 
 
 # ------------------------------------------------------------ parts, without running the suite
+
+
+def test_committed_reports_hold_no_absolute_path():
+    texts = {p: p.read_text() for p in sorted(COMMITTED.rglob("*")) if p.suffix in (".md", ".json")}
+    assert {p.name for p in texts} >= {f"{name}.{ext}" for name in run_all.BENCHMARKS for ext in ("md", "json")}
+    assert {p.relative_to(REPO).as_posix(): absolute_paths(text) for p, text in texts.items() if absolute_paths(text)} == {}
+    # the pattern finds what it is meant to find
+    assert absolute_paths("Command: `python x.py --out /tmp/a/raw.json --plot /work/main/g.png`") == [
+        "/tmp/a/raw.json", "/work/main/g.png"]
+    assert absolute_paths('"/home/me/x", `/root/y`, ~/data, C:\\Users\\me, D:/data, \\\\server\\share') == [
+        "/home/me/x", "/root/y", "~/data", "C:\\Users\\me", "D:/data", "\\\\server\\share"]
+    assert absolute_paths("s / step, images/s, 1/2, https://example.org/a, results/benchmarks/growth.png") == []
+
+
+def test_committed_markdown_is_what_its_json_report_makes():
+    """Each committed <name>.md, and README.md gathering them, is made from the JSON beside it
+    by the current code: the two agree, and the report format is unchanged."""
+    for name, bench in run_all.BENCHMARKS.items():
+        wrapped = json.loads((COMMITTED / f"{name}.json").read_text())
+        assert run_all.report_markdown(bench, wrapped) == (COMMITTED / f"{name}.md").read_text(), name
+
+
+def test_committed_readme_gathers_the_committed_reports(tmp_path):
+    for path in COMMITTED.iterdir():
+        if path.name != "README.md":
+            shutil.copy(path, tmp_path / path.name)
+    assert run_all.write_readme(tmp_path).read_text() == (COMMITTED / "README.md").read_text()
 
 
 def test_commands_name_paths_relative_to_the_repository_or_a_placeholder(tmp_path):
