@@ -1,4 +1,4 @@
-"""What every benchmark report shares: provenance, atomic writes, peak-RSS probes, timing.
+"""What every benchmark report shares: provenance, atomic writes, peak-RSS probes, timing, FLOPs.
 
 Imported by the benchmark scripts and by run_all.py (benchmarks/ is on sys.path when a
 script in it runs).
@@ -172,3 +172,59 @@ def loglog_slope(sizes, seconds) -> float:
     if len(sizes) < 2 or np.any(sizes <= 0) or np.any(seconds <= 0):
         raise ValueError(f"a log-log fit needs at least two positive (size, time) points, got {list(zip(sizes, seconds))}")
     return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
+
+
+# ---------------------------------------------------------------------- timing
+
+
+def time_calls(call, count: int, warmup: int = 0) -> list[float]:
+    """Seconds of each of `count` calls of `call()`, after `warmup` untimed-in-the-result calls."""
+    times = []
+    for _ in range(warmup + count):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times[warmup:]
+
+
+def time_loop(batches, step, warmup: int = 0) -> list[float]:
+    """Seconds of each iteration of `for batch in batches: step(*batch)`, timed from the end of
+    one iteration to the end of the next, so producing the batch (a feeder's gather, a
+    loader's decoding) counts; the first `warmup` iterations dropped."""
+    times = []
+    last = time.perf_counter()
+    for batch in batches:
+        step(*batch)
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
+    return times[warmup:]
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
+    """This CPU's fp32 matrix-multiply throughput at the current thread count (GFLOP/s):
+    the ceiling a convolution network's step can approach."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def forward_flops(forward, *inputs) -> float:
+    """Floating-point operations of `forward(*inputs)` without autograd, counted by torch's
+    FlopCounterMode. A training step costs about 3x its forward (backward = input and weight
+    gradients, about 2x the forward); FlopCounterMode's own backward count is not used: for
+    depthwise (grouped) convolutions it counts as if they were dense (measured: 65x too many
+    for a 64-channel 3x3 depthwise convolution)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        forward(*inputs)
+    return float(counter.get_total_flops())

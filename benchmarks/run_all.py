@@ -22,12 +22,14 @@ Each benchmark runs in its own process with OMP_NUM_THREADS = MKL_NUM_THREADS =
 machine shared with other work is not oversubscribed). Its JSON report is the
 script's own report under "report", beside "provenance": git commit and whether the
 tree had uncommitted changes, library versions, threads, CPU model, load average
-before and after, date, wall time, the exact command; and the peak RSS of the
-benchmark's process. The markdown file holds a provenance sentence and the script's
-tables. README.md in the output folder gathers every report present there (and the
-growth plot). Files are written atomically; a benchmark that fails leaves its previous
-report in place and makes the exit status non-zero. Benchmarks that need CUB-200-2011
-(data; the engine's cache build) say so in their report when it is not found.
+before and after, date, wall time, the command (paths relative to the repository
+root; a temporary or outside folder as a placeholder: `<tmp>`, `<out-dir>`); and the
+peak RSS of the benchmark's process. The markdown file, made from the JSON report,
+holds a provenance sentence and the script's tables. README.md in the output folder
+gathers every report present there (and the growth plot). Files are written
+atomically; a benchmark that fails leaves its previous report in place and makes the
+exit status non-zero. Benchmarks that need CUB-200-2011 (data; the engine's cache
+build) say so in their report when it is not found.
 """
 from __future__ import annotations
 
@@ -141,13 +143,29 @@ def benchmark_command(bench: Benchmark, small: bool, threads: int, json_path: Pa
     return command
 
 
-def _display_command(command: list[str]) -> str:
-    """The command as one would type it from the repository root."""
-    shown = ["python"]
-    for part in command[1:]:
-        path = Path(part)
-        shown.append(str(path.relative_to(REPO)) if path.is_absolute() and path.is_relative_to(REPO) else part)
-    return " ".join(shown)
+def display_command(command: list[str], out_dir: Path | None = None, scratch: Path | None = None) -> str:
+    """The command as one would type it from the repository root, naming no folder of this
+    machine: the interpreter as `python`; a path inside the repository relative to its root;
+    one in `scratch` (the temporary folder that receives a script's raw JSON) as `<tmp>/...`;
+    one in an output folder `out_dir` outside the repository as `<out-dir>/...`; any other
+    absolute path as `<tmp>/...` when in the temporary folder, else `<local>/<its name>`."""
+    return " ".join(["python", *(_display_argument(part, out_dir, scratch) for part in command[1:])])
+
+
+def _display_argument(part: str, out_dir: Path | None, scratch: Path | None) -> str:
+    if part.startswith("--") and "=" in part:  # --option=/a/path
+        option, value = part.split("=", 1)
+        return f"{option}={_display_argument(value, out_dir, scratch)}"
+    path = Path(part)
+    if not path.is_absolute():
+        return part
+    for base, prefix in ((scratch, "<tmp>/"), (REPO, ""), (out_dir, "<out-dir>/"), (Path(tempfile.gettempdir()), "<tmp>/")):
+        if base is None:
+            continue
+        for candidate, root in ((path, Path(base)), (path.resolve(), Path(base).resolve())):  # e.g. /tmp -> /private/tmp
+            if candidate.is_relative_to(root):
+                return (prefix + candidate.relative_to(root).as_posix()).rstrip("/") or "."
+    return "<local>/" + path.name
 
 
 def run_benchmark(bench: Benchmark, out_dir: Path, small: bool, threads: int, suite_command: str,
@@ -161,16 +179,17 @@ def run_benchmark(bench: Benchmark, out_dir: Path, small: bool, threads: int, su
 
 def _run_and_wrap(bench, out_dir, small, threads, suite_command, data_root, json_path) -> dict:
     from dmlutils.data import cub_found
+    from dmlutils.records import strip_machine_paths
 
     load_before = os.getloadavg()
     started = time.perf_counter()
     command = benchmark_command(bench, small, threads, json_path, out_dir)
+    shown = display_command(command, out_dir, scratch=json_path.parent)
     wrapped = {"name": bench.name, "title": bench.title, "small": small, "suite_command": suite_command}
     if bench.needs_cub and not cub_found(data_root):
         where = data_root or os.environ.get("DML_DATA") or "./data"
         wrapped["skipped"] = f"CUB-200-2011 not found under {where} (set DML_DATA)"
-        wrapped["provenance"] = provenance(_display_command(command), load_before, started, threads)
-        body = f"*Skipped:* {wrapped['skipped']}."
+        wrapped["provenance"] = provenance(shown, load_before, started, threads)
     else:
         env = {
             **os.environ,
@@ -188,14 +207,24 @@ def _run_and_wrap(bench, out_dir, small, threads, suite_command, data_root, json
         process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode != 0:
             raise RuntimeError(f"benchmark {bench.name!r} failed (exit status {process.returncode}): "
-                               f"{_display_command(command)}\n{stdout[-2000:]}")
+                               f"{shown}\n{stdout[-2000:]}")
         report = json.loads(json_path.read_text())
-        wrapped["provenance"] = provenance(_display_command(command), load_before, started, threads)
+        wrapped["provenance"] = provenance(shown, load_before, started, threads)
         wrapped["peak_rss_mib_benchmark_process"] = round(usage.ru_maxrss / 1024, 1)
         wrapped["report"] = report
-        body = bench.markdown(report)
+    # Reports, like run records, hold no path of this machine; the markdown is made from what is stored.
+    wrapped = strip_machine_paths(wrapped)
+    write_json_atomically(out_dir / f"{bench.name}.json", wrapped)
+    write_text_atomically(out_dir / f"{bench.name}.md", report_markdown(bench, wrapped))
+    return wrapped
+
+
+def report_markdown(bench: Benchmark, wrapped: dict) -> str:
+    """<name>.md of a wrapped report: a provenance sentence, then the benchmark's tables (or
+    why it was skipped). Made from the JSON report alone, so the two always agree."""
     prov = wrapped["provenance"]
-    busy = prov["load_average_before"][0] > threads + 0.5
+    busy = prov["load_average_before"][0] > prov["threads"]["torch_threads"] + 0.5
+    body = f"*Skipped:* {wrapped['skipped']}." if "skipped" in wrapped else bench.markdown(wrapped["report"])
     lines = [
         f"**{bench.title}.** " + provenance_line(prov)
         + (f" Largest peak RSS of the benchmark's processes (its own and the workers it started): "
@@ -206,12 +235,7 @@ def _run_and_wrap(bench, out_dir, small, threads, suite_command, data_root, json
         "",
         body,
     ]
-    from dmlutils.records import strip_machine_paths
-
-    wrapped = strip_machine_paths(wrapped)  # reports, like run records, hold no path of this machine
-    write_json_atomically(out_dir / f"{bench.name}.json", wrapped)
-    write_text_atomically(out_dir / f"{bench.name}.md", "\n".join(lines) + "\n")
-    return wrapped
+    return "\n".join(lines) + "\n"
 
 
 def write_readme(out_dir: Path) -> Path:
@@ -264,7 +288,7 @@ def main(argv=None) -> int:
     if args.threads < 1:
         parser.error("--threads must be at least 1")
     out_dir = (args.out_dir or (SMALL_OUT_DIR if args.small else DEFAULT_OUT_DIR)).resolve()
-    suite_command = " ".join(["python benchmarks/run_all.py", *(sys.argv[1:] if argv is None else argv)])
+    suite_command = display_command([sys.executable, str(HERE / "run_all.py"), *(sys.argv[1:] if argv is None else argv)])
 
     from tqdm import tqdm
 

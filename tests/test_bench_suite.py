@@ -9,8 +9,11 @@ of the cached activations.
 """
 import datetime as dt
 import json
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -35,6 +38,14 @@ VIEWS = CPU["cache_views"]  # the cpu profile's cache: its views of each trainin
 # (the 112-channel stage's), both at stride 16.
 CACHED_CHANNELS = {8: 80, 11: 112}
 MAP_SIDE = -(-CPU["image_size"] // 16)
+COMMITTED = REPO / "results" / "benchmarks"
+# An absolute path in a text: POSIX (/tmp/..., /work/..., /home/..., /root/...), home (~/...), a Windows drive
+# (C:\... or C:/...) or share (\\server\...), after a space, quote, backtick, bracket, '=', ':' or ','.
+ABSOLUTE = re.compile(r"(?:^|(?<=[\s`'\"(\[=:,]))(?:~/|/(?=[\w.~-])|[A-Za-z]:[\\/]|\\\\(?=\w))[^\s`'\"(),;]*", re.M)
+
+
+def absolute_paths(text: str) -> list[str]:
+    return ABSOLUTE.findall(text)
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +76,17 @@ def test_every_benchmark_writes_json_markdown_and_the_readme_gathers_them(suite)
 def test_reports_hold_no_path_of_this_machine(suite):
     from dmlutils.records import machine_paths
 
-    _, _, reports = suite
+    _, out, reports = suite
     for name, report in reports.items():
         assert machine_paths(report) == [], name  # written to a temporary folder, run with absolute paths
+        # the markdown too, its command line included; and it is what the JSON report makes
+        assert absolute_paths((out / f"{name}.md").read_text()) == [], name
+        assert (out / f"{name}.md").read_text() == run_all.report_markdown(run_all.BENCHMARKS[name], report), name
+    assert absolute_paths((out / "README.md").read_text()) == []
+    # the raw JSON went to a scratch folder, the plot to the (temporary) output folder
+    assert "--out <tmp>/raw.json" in reports["losses"]["provenance"]["command"]
+    assert reports["growth"]["provenance"]["command"].endswith(" --plot <out-dir>/growth.png")
+    assert "--out-dir <tmp>/" in reports["losses"]["suite_command"]
 
 
 def test_provenance_names_the_code_libraries_threads_machine_and_time(suite):
@@ -185,6 +204,59 @@ def test_data_and_model_reports_have_their_rows(suite):
 
 
 # ------------------------------------------------------------ parts, without running the suite
+
+
+def test_committed_reports_hold_no_absolute_path():
+    texts = {p: p.read_text() for p in sorted(COMMITTED.rglob("*")) if p.suffix in (".md", ".json")}
+    assert {p.name for p in texts} >= {f"{name}.{ext}" for name in run_all.BENCHMARKS for ext in ("md", "json")}
+    assert {p.relative_to(REPO).as_posix(): absolute_paths(text) for p, text in texts.items() if absolute_paths(text)} == {}
+    # the pattern finds what it is meant to find
+    assert absolute_paths("Command: `python x.py --out /tmp/a/raw.json --plot /work/main/g.png`") == [
+        "/tmp/a/raw.json", "/work/main/g.png"]
+    assert absolute_paths('"/home/me/x", `/root/y`, ~/data, C:\\Users\\me, D:/data, \\\\server\\share') == [
+        "/home/me/x", "/root/y", "~/data", "C:\\Users\\me", "D:/data", "\\\\server\\share"]
+    assert absolute_paths("s / step, images/s, 1/2, https://example.org/a, results/benchmarks/growth.png") == []
+
+
+def test_committed_markdown_is_what_its_json_report_makes():
+    """Each committed <name>.md, and README.md gathering them, is made from the JSON beside it
+    by the current code: the two agree, and the report format is unchanged."""
+    for name, bench in run_all.BENCHMARKS.items():
+        wrapped = json.loads((COMMITTED / f"{name}.json").read_text())
+        assert run_all.report_markdown(bench, wrapped) == (COMMITTED / f"{name}.md").read_text(), name
+
+
+def test_committed_readme_gathers_the_committed_reports(tmp_path):
+    for path in COMMITTED.iterdir():
+        if path.name != "README.md":
+            shutil.copy(path, tmp_path / path.name)
+    assert run_all.write_readme(tmp_path).read_text() == (COMMITTED / "README.md").read_text()
+
+
+def test_commands_name_paths_relative_to_the_repository_or_a_placeholder(tmp_path):
+    growth = run_all.BENCHMARKS["growth"]
+    inside = run_all.REPO / "_build" / "benchmarks-small"
+    # --out inside the repository: relative to its root, as typed there
+    command = run_all.benchmark_command(growth, True, 1, inside / "raw.json", inside)
+    assert command[0] == sys.executable and Path(command[command.index("--out") + 1]).is_absolute()  # runs as is
+    assert run_all.display_command(command, inside) == (
+        "python benchmarks/bench_growth.py --small --threads 1 --out _build/benchmarks-small/raw.json "
+        "--plot _build/benchmarks-small/growth.png")
+    # outside it: the scratch folder and the output folder by placeholders, without their names
+    scratch, out_dir = tmp_path / "bench_growth_x1y2", tmp_path / "somewhere" / "bench"
+    command = run_all.benchmark_command(growth, True, 1, scratch / "raw.json", out_dir)
+    shown = run_all.display_command(command, out_dir, scratch=scratch)
+    assert shown == "python benchmarks/bench_growth.py --small --threads 1 --out <tmp>/raw.json --plot <out-dir>/growth.png"
+    # any other absolute path: under the temporary folder, or by its name alone
+    other = Path(tempfile.gettempdir()) / "bench" / "x.json"
+    assert run_all.display_command([sys.executable, str(run_all.HERE / "run_all.py"), "--out-dir", str(other.parent),
+                                    f"--plot={other}", "--x", "/opt/data/CUB_200_2011", "--y", "relative/p.json"]) == (
+        "python benchmarks/run_all.py --out-dir <tmp>/bench --plot=<tmp>/bench/x.json --x <local>/CUB_200_2011 "
+        "--y relative/p.json")
+    for bench in run_all.BENCHMARKS.values():
+        for small in (False, True):
+            command = run_all.benchmark_command(bench, small, 1, scratch / "raw.json", out_dir)
+            assert absolute_paths(run_all.display_command(command, out_dir, scratch=scratch)) == [], bench.name
 
 
 def test_loglog_slope_recovers_known_exponents():
