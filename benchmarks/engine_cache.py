@@ -24,7 +24,8 @@ from common import REPO  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dmlutils.engine import activation_cache, build_datasets  # noqa: E402
+from dmlutils.cache import activation_cache  # noqa: E402
+from dmlutils.engine import build_datasets  # noqa: E402
 
 
 class _LabelledSubset(torch.utils.data.Subset):
