@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -112,6 +113,51 @@ def show_provenance(profile: str, seed: int | None = None, **extra) -> None:
 
         if get_ipython() is not None:
             display(Markdown(text))
+            return
+    except ImportError:
+        pass
+    print(text)
+
+
+# --- a data set a chapter cannot show (imported by the chapters) ------------------------------
+
+# The key of the output metadata that marks a notice of `show_missing_data`: the book runner
+# finds the chapters that skipped something by it, and says so in its closing line.
+MISSING_DATA_KEY = "dmlutils_missing_data"
+
+
+def fetch_data_command(data_root: str | os.PathLike | None = None, python: str = "python") -> str:
+    """The one command that fetches CUB-200-2011 into the data root (`root`, else $DML_DATA,
+    else ./data). It names the root unless it is the default: a new shell may lack $DML_DATA."""
+    from .data import DATA_ROOT_ENV, resolve_data_root
+
+    default = data_root is None and not os.environ.get(DATA_ROOT_ENV)
+    command = f"{python} -m dmlutils download"
+    return command if default else f"{command} --root {shlex.quote(str(resolve_data_root(data_root)))}"
+
+
+def missing_data_markdown(what: str, data_root: str | os.PathLike | None = None) -> str:
+    """What a chapter says where it cannot show `what` for lack of CUB-200-2011."""
+    from .data import data_root_origin
+
+    root, origin = data_root_origin(data_root)
+    return (
+        f"**Not shown: {what}.** It needs CUB-200-2011, and there is no "
+        f"`{root / 'CUB_200_2011' / 'images.txt'}` (the data root comes from {origin}). Fetch the "
+        f"official archive (about 1.1 GB, MD5-checked) with `{fetch_data_command(data_root)}`, then run "
+        "this chapter again (in Jupyter or Colab, `download = True` in its parameters cell does both)."
+    )
+
+
+def show_missing_data(what: str, data_root: str | os.PathLike | None = None) -> None:
+    """Display `missing_data_markdown` (marked for the book runner's closing line), or print it."""
+    text = missing_data_markdown(what, data_root)
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+
+        if get_ipython() is not None:
+            display(Markdown(text), metadata={MISSING_DATA_KEY: what})
             return
     except ImportError:
         pass
