@@ -214,9 +214,12 @@ def write_toc(root: str | os.PathLike = ".", notebooks_dir: str = "notebooks") -
 
 # --- source notebooks ----------------------------------------------------------------------------
 
+# What a chapter opened directly (Jupyter, Colab) runs with: the cpu profile, whose records
+# are committed, so a reader sees the book's numbers; CI passes smoke through papermill.
 PARAMETERS_SOURCE = """# Parameters: `python -m dmlutils.book` overrides these (papermill).
-# profile: smoke (synthetic data), cpu or paper (CUB-200-2011), see the intro
-profile = "smoke"
+# profile: cpu reads the committed run records (what the book shows); smoke trains tiny
+# runs on synthetic data (CI passes it: make book PROFILE=smoke); paper: the paper's setting
+profile = "cpu"
 seed = 0
 data_root = None  # None: $DML_DATA, else ./data
 results_dir = "results"  # run records and benchmark reports"""
