@@ -67,6 +67,7 @@ from .notebook_tools import (  # noqa: F401  (re-exported: the book module's nam
     install_cell_source,
     is_book_root,
     new_chapter,
+    pages_url,
     provenance_markdown,
     render_toc,
     repository,

@@ -237,6 +237,16 @@ def repository(root: str | os.PathLike = ".") -> tuple[str, str]:
     return url, str(repo.get("branch", "main"))
 
 
+def pages_url(root: str | os.PathLike = ".") -> str:
+    """Where GitHub Pages publishes the book (.github/workflows/book.yml deploys it): from
+    `_config.yml`'s repository url https://github.com/<owner>/<repo>, the project site
+    https://<owner>.github.io/<repo>/ (a repository named <owner>.github.io is the user site)."""
+    url, _ = repository(root)
+    owner, name = url.removeprefix("https://github.com/").split("/")[:2]
+    host = f"{owner.lower()}.github.io"
+    return f"https://{host}/" if name.lower() == host else f"https://{host}/{name}/"
+
+
 def colab_badge(url: str, branch: str, filename: str) -> str:
     """Markdown of the "Open in Colab" badge for notebooks/<filename> of the repository."""
     slug = url.removeprefix("https://github.com/")
