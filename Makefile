@@ -1,6 +1,7 @@
 # The two commands a new user needs (see README): `make book` and `make test`.
 # Each creates .venv with the pinned versions first if it is missing or stale.
-# `make book PROFILE=smoke` runs the book on synthetic data (no CUB needed).
+# `make book` reads the committed cpu records (CUB only adds chapter 1's images);
+# `make book PROFILE=smoke` trains every chapter's runs on synthetic data (CI).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python

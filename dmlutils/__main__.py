@@ -1,4 +1,4 @@
-"""Command line: `python -m dmlutils train|ablation|study|recipe|runs|verify|cache|baseline|profiles|book ...`.
+"""Command line: `python -m dmlutils train|ablation|study|recipe|runs|verify|cache|baseline|profiles|download|book ...`.
 
     python -m dmlutils train --profile cpu --loss multi_similarity --set loss.beta=50 --set iterations=300
     python -m dmlutils train --profile cpu --loss multi_similarity --resume
@@ -11,6 +11,7 @@
     python -m dmlutils verify --profile cpu [--runs multi_similarity:0]
     python -m dmlutils cache --profile cpu --set seed=1
     python -m dmlutils profiles
+    python -m dmlutils download [--root DATA_ROOT]
     python -m dmlutils book --profile smoke
 """
 from __future__ import annotations
@@ -37,6 +38,23 @@ def resume_command(argv=None) -> str:
     """The command line that continues this one's run: the same arguments, with --resume."""
     args = list(sys.argv[1:] if argv is None else argv)
     return shlex.join(["python", "-m", "dmlutils", *args, *([] if "--resume" in args else ["--resume"])])
+
+
+def _download(root) -> int:
+    """Fetch CUB-200-2011 into the data root (a copy already there is kept); the exit status."""
+    from .data import CUB200, ChecksumError, DownloadError, cub_found, resolve_data_root
+
+    target = resolve_data_root(root)
+    if cub_found(root):
+        print(f"CUB-200-2011 is already under {target}: nothing to fetch.")
+        return 0
+    try:
+        CUB200(root, split="train", download=True)  # the archive's MD5 is checked before it is unpacked
+    except (ChecksumError, DownloadError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"CUB-200-2011 is under {target / CUB200.folder}; `make book` now shows chapter 1's figures too.")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -108,6 +126,9 @@ def main(argv=None) -> int:
 
     commands.add_parser("profiles", help="print the profiles and their settings")
 
+    download_parser = commands.add_parser("download", help="fetch CUB-200-2011 (about 1.1 GB, MD5-checked) into the data root")
+    download_parser.add_argument("--root", default=None, help="data root (default: $DML_DATA, else ./data)")
+
     from .book import add_book_arguments, run_book_command
 
     book_parser = commands.add_parser("book", help="execute every chapter with papermill and build the book")
@@ -120,6 +141,8 @@ def main(argv=None) -> int:
         if args.command == "profiles":
             print(json.dumps(PROFILES, indent=2, default=list))
             return 0
+        if args.command == "download":
+            return _download(args.root)
         from . import engine
 
         if args.command == "verify":

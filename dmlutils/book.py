@@ -1,6 +1,6 @@
 """Run the book: execute every chapter with papermill, then build it with Jupyter Book.
 
-    python -m dmlutils.book                       # profile cpu when CUB-200-2011 is found
+    python -m dmlutils.book                       # profile cpu: the committed records (CUB only for chapter 1's images)
     python -m dmlutils.book --profile smoke       # synthetic data: no download, a few minutes
     python -m dmlutils.book --only 03 --skip-build
     python -m dmlutils.book --write-toc           # regenerate _toc.yml from notebooks/
@@ -18,6 +18,13 @@ with a non-zero exit and a message naming the chapter and the cell. Then
 `jupyter-book build . -W -n --keep-going --all` renders the book into
 `<path-output>/_build/html`; with `-W` a page with a warning fails the build.
 
+The default profile is cpu, with or without CUB-200-2011: at cpu the chapters read the
+committed run records, and only chapter 1 shows CUB itself. Without it, chapter 1 puts a
+notice (`show_missing_data`: what is missing, the command that fetches it) where each
+table or figure would be, and the run's last line says which chapters ran on what
+(`plan_data`, `data_summary`). A profile whose chapters would train on a missing CUB
+(paper on a GPU) is refused before any chapter runs.
+
 papermill's injected-parameters cell is tagged `remove-cell` in the executed chapter, so
 the rendered page does not show it (the page's provenance line names the profile and
 seed instead); the cell stays in the executed notebook.
@@ -33,19 +40,21 @@ import papermill, nbformat and torch lazily.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .notebook_tools import (  # noqa: F401  (re-exported: the book module's names before the split)
     APPENDIX_PATTERN,
     CHAPTER_PATTERN,
     KERNEL,
+    MISSING_DATA_KEY,
     OUTPUT_DIR,
     PARAMETERS_SOURCE,
     REPO_ROOT,
@@ -54,12 +63,15 @@ from .notebook_tools import (  # noqa: F401  (re-exported: the book module's nam
     _atomic_write_text,
     chapter_notebooks,
     colab_badge,
+    fetch_data_command,
     install_cell_source,
     is_book_root,
     new_chapter,
+    pages_url,
     provenance_markdown,
     render_toc,
     repository,
+    show_missing_data,
     show_provenance,
     strip_notebook,
     sync_colab,
@@ -77,15 +89,18 @@ __all__ = [
     "chapter_notebooks",
     "colab_badge",
     "cub_found",
+    "DataPlan",
     "default_profile",
     "execute_chapter",
     "hide_injected_parameters",
     "main",
     "new_chapter",
+    "plan_data",
     "provenance_markdown",
     "render_toc",
     "run_book",
     "run_book_command",
+    "show_missing_data",
     "show_provenance",
     "strip_notebook",
     "sync_colab",
@@ -124,6 +139,11 @@ def select_chapters(chapters: list[Path], only: list[str] | None) -> list[Path]:
 
 # --- data and profile ---------------------------------------------------------------------
 
+# The profile whose run records are committed (results/cpu/): the book reads them, and only
+# chapter 1's images need CUB-200-2011 itself, so this is the default with or without it.
+DEFAULT_PROFILE = "cpu"
+CUB_ARCHIVE_SIZE = "about 1.1 GB"
+
 
 def cub_found(data_root: str | os.PathLike | None = None) -> bool:
     """True if the data root (argument, else $DML_DATA, else ./data) holds CUB-200-2011
@@ -140,27 +160,107 @@ def _cub_missing_message(data_root) -> str:
     return (
         f"CUB-200-2011 was not found: {root / 'CUB_200_2011' / 'images.txt'} does not exist "
         f"(the data root comes from {origin}).\n"
-        "The cpu and paper profiles train and evaluate on it. Either\n"
+        "Either\n"
         "  * point DML_DATA (or --data-root) at the folder that holds CUB_200_2011/, or\n"
-        "  * download the official archive (about 1.1 GB, MD5-checked) into ./data:\n"
-        "      python -c \"from dmlutils.data import CUB200; CUB200('data', download=True)\"\n"
-        "  * or run the book on synthetic data, without CUB: --profile smoke"
+        f"  * fetch the official archive ({CUB_ARCHIVE_SIZE}, MD5-checked): {fetch_data_command(data_root)}\n"
+        "  * or run the book without CUB: the default profile (cpu) reads the committed records,\n"
+        "    and --profile smoke trains on synthetic data"
     )
 
 
+@dataclass(frozen=True)
+class DataPlan:
+    """What a book run stands on: its profile, and whether CUB-200-2011 is under the data
+    root for the chapters that show its images (`plan_data`)."""
+
+    profile: str
+    cub: bool  # CUB-200-2011 found under data_root
+    data_root: Path
+    origin: str  # where data_root came from, in words ("the DML_DATA environment variable")
+    fetch_command: str  # the one command that fetches CUB into data_root
+
+
+def _book_trains(profile: str) -> bool:
+    """Whether the chapters train missing runs at `profile` (`manifest.should_train`, what
+    they do with their default `train_missing=None`): at cpu never, its records are committed."""
+    from .manifest import should_train
+
+    return should_train(profile)
+
+
+def plan_data(profile: str | None = None, data_root: str | os.PathLike | None = None) -> DataPlan:
+    """The profile a book run uses (`profile`, else `DEFAULT_PROFILE`) and whether CUB is
+    there. CUB is required only where the chapters would train on it (paper with a GPU);
+    at cpu they read the committed records, and chapter 1 says what it cannot show."""
+    from .data import data_root_origin
+    from .profiles import make_config
+
+    profile = profile or DEFAULT_PROFILE
+    if profile not in PROFILES:
+        raise BookError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}.")
+    root, origin = data_root_origin(data_root)
+    found = cub_found(data_root)
+    if not found and make_config(profile)["data"] != "synthetic" and _book_trains(profile):
+        raise BookError(f"profile {profile!r} needs CUB-200-2011: the chapters train its missing runs on it.\n"
+                        + _cub_missing_message(data_root))
+    return DataPlan(profile, found, Path(root), origin, fetch_data_command(data_root, _python_command()))
+
+
 def default_profile(data_root: str | os.PathLike | None = None) -> str:
-    """`cpu` when CUB-200-2011 is found; otherwise a BookError telling how to get it."""
-    if cub_found(data_root):
-        return "cpu"
-    raise BookError(_cub_missing_message(data_root))
+    """The profile a book run uses when none is given: `DEFAULT_PROFILE`, found or not
+    (kept for the callers of the name; `plan_data` also says whether CUB is there)."""
+    return plan_data(None, data_root).profile
 
 
 def check_profile_data(profile: str, data_root=None) -> None:
-    """Fail early (before any chapter runs) when the profile needs CUB and it is absent."""
-    from .profiles import make_config
+    """Fail early (before any chapter runs) when the chapters would train on a missing CUB."""
+    plan_data(profile, data_root)
 
-    if make_config(profile)["data"] != "synthetic" and not cub_found(data_root):
-        raise BookError(f"profile {profile!r} needs CUB-200-2011.\n" + _cub_missing_message(data_root))
+
+def _python_command() -> str:
+    """How the reader calls this interpreter: `.venv/bin/python` under `make` (the reader's
+    `python` may not have dmlutils), else `python`. Not resolved: a venv's python is a link."""
+    executable = Path(sys.executable)
+    if executable.is_relative_to(Path.cwd() / ".venv"):
+        return str(executable.relative_to(Path.cwd()))
+    return "python"
+
+
+def chapter_label(stem: str) -> str:
+    """"chapter 1" for 01_data_and_sampling, "appendix A1" for A1_environment_and_provenance."""
+    head = stem.split("_", 1)[0]
+    return f"chapter {int(head)}" if head.isdigit() else f"appendix {head}"
+
+
+def chapters_text(stems: list[str]) -> str:
+    """A reader's list of chapters: runs of numbers joined by an en dash ("chapters 2–9 and appendix A1")."""
+    numbers = sorted(int(s[:2]) for s in stems if s[:2].isdigit())
+    spans, start = [], None
+    for i, n in enumerate(numbers):
+        start = n if start is None else start
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            spans.append(str(n) if n == start else f"{start}–{n}" if n > start + 1 else f"{start}, {n}")
+            start = None
+    parts = []
+    if spans:
+        parts.append(("chapters " if len(numbers) > 1 else "chapter ") + ", ".join(spans))
+    parts += [chapter_label(s) for s in stems if not s[:2].isdigit()]
+    return " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
+
+
+def data_summary(plan: DataPlan, executed: list[str], skipped: list[str], results_dir: str = "results") -> str | None:
+    """The closing line of a book run that lacked CUB: which chapters ran on what, what was
+    skipped and the one command that fetches the data. None when nothing was skipped
+    (CUB present, or a profile that needs none): then the run is as it always was."""
+    if not skipped:
+        return None
+    full = [s for s in executed if s not in skipped]
+    records = Path(results_dir) / plan.profile
+    ran = (f"{chapters_text(full)} ran in full at the {plan.profile} profile (every run they show is read from "
+           f"the committed records in {records}/); " if full else "")
+    return (f"{ran}{chapters_text(skipped)}'s figures and tables of CUB-200-2011 were skipped: no CUB-200-2011 "
+            f"under {plan.data_root} (the data root, from {plan.origin}); fetch it ({CUB_ARCHIVE_SIZE}, "
+            f"MD5-checked) with `{plan.fetch_command}`, then run the book again.")
 
 
 # --- executing one chapter ----------------------------------------------------------------
@@ -290,6 +390,24 @@ class RunSummary:
     executed: list[tuple[str, float]]
     built: bool
     html: Path | None
+    data: DataPlan | None = None
+    skipped: list[str] = field(default_factory=list)  # chapters that showed a `show_missing_data` notice
+    results_dir: str = "results"
+
+    def closing_line(self) -> str | None:
+        """Which chapters ran on what, when some could not show everything (`data_summary`)."""
+        if self.data is None:
+            return None
+        return data_summary(self.data, [stem for stem, _ in self.executed], self.skipped, self.results_dir)
+
+
+def missing_data_notices(notebook: str | os.PathLike) -> list[str]:
+    """What an executed chapter could not show for lack of data (its `show_missing_data` notices)."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    return [output["metadata"][MISSING_DATA_KEY] for cell in nb.cells if cell.cell_type == "code"
+            for output in cell.get("outputs", []) if MISSING_DATA_KEY in output.get("metadata", {})]
 
 
 def jupyter_book_executable() -> str:
@@ -345,25 +463,27 @@ def run_book(
     if data_root is not None:  # the kernels run in `root`: hand them an absolute path
         data_root = str(Path(data_root).expanduser().resolve())
     # where the kernels will look: the argument, else $DML_DATA, else <root>/data
-    looked_up = data_root if data_root is not None or os.environ.get("DML_DATA") else root / "data"
-    profile = profile or default_profile(looked_up)
-    if profile not in PROFILES:
-        raise BookError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}.")
-    check_profile_data(profile, looked_up)
+    looked_up = data_root if data_root is not None or os.environ.get("DML_DATA") else None
+    with _working_directory(root):  # ./data, the default, is the book's own
+        data = plan_data(profile, looked_up)
+    profile = data.profile
     chapters = select_chapters(chapter_notebooks(root / notebooks_dir), only)
     if write_toc(root, notebooks_dir):
         log("_toc.yml updated from the notebooks present (commit it).")
     parameters = {"profile": profile, "seed": seed, "data_root": data_root, "results_dir": results_dir}
     output_dir = root / OUTPUT_DIR
     scratch = Path(path_output or root) / "_build" / "papermill"
-    executed = []
+    executed, skipped = [], []
     for chapter in chapters:
         start = time.perf_counter()
         log(f"executing {chapter.relative_to(root)} (profile {profile}) ...")
-        execute_chapter(chapter, output_dir / chapter.name, parameters, cwd=root, scratch_dir=scratch)
+        output = execute_chapter(chapter, output_dir / chapter.name, parameters, cwd=root, scratch_dir=scratch)
         seconds = time.perf_counter() - start
         executed.append((chapter.stem, seconds))
-        log(f"  done in {seconds:.1f} s")
+        missing = missing_data_notices(output)
+        if missing:
+            skipped.append(chapter.stem)
+        log(f"  done in {seconds:.1f} s" + (f"; not shown for lack of data: {', '.join(missing)}" if missing else ""))
     html = None
     if not skip_build:
         missing = [c.stem for c in chapter_notebooks(root / notebooks_dir) if not (output_dir / c.name).is_file()]
@@ -375,7 +495,17 @@ def run_book(
         start = time.perf_counter()
         html = build_book(root, path_output or root, log=log)
         log(f"built {html} in {time.perf_counter() - start:.1f} s")
-    return RunSummary(profile, executed, html is not None, html)
+    return RunSummary(profile, executed, html is not None, html, data, skipped, results_dir)
+
+
+@contextlib.contextmanager
+def _working_directory(folder: Path):
+    before = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 # --- command line ------------------------------------------------------------------------------------
@@ -384,7 +514,8 @@ def run_book(
 def add_book_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `python -m dmlutils.book` (also usable as a `book` subcommand)."""
     parser.add_argument("--profile", choices=PROFILES, default=None,
-                        help="smoke (synthetic data), cpu or paper (CUB-200-2011); default: cpu if CUB is found")
+                        help="cpu (the default: the committed records; CUB-200-2011 for chapter 1's images), smoke (synthetic data, "
+                             "trained here: CI) or paper (CUB-200-2011)")
     parser.add_argument("--seed", type=int, default=0, help="seed passed to every chapter (default 0)")
     parser.add_argument("--data-root", default=None, help="data root (default: $DML_DATA, else ./data)")
     parser.add_argument("--results-dir", default="results", help="run records the chapters read (default results/)")
@@ -430,6 +561,9 @@ def run_book_command(args: argparse.Namespace) -> int:
     total = sum(seconds for _, seconds in summary.executed)
     print(f"profile {summary.profile}: {len(summary.executed)} chapter(s) executed in {total:.1f} s"
           + (f"; book at {summary.html / 'index.html'}" if summary.html else ""))
+    closing = summary.closing_line()
+    if closing:  # last, where a reader of `make book` looks
+        print(closing)
     return 0
 
 

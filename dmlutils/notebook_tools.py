@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -118,6 +119,51 @@ def show_provenance(profile: str, seed: int | None = None, **extra) -> None:
     print(text)
 
 
+# --- a data set a chapter cannot show (imported by the chapters) ------------------------------
+
+# The key of the output metadata that marks a notice of `show_missing_data`: the book runner
+# finds the chapters that skipped something by it, and says so in its closing line.
+MISSING_DATA_KEY = "dmlutils_missing_data"
+
+
+def fetch_data_command(data_root: str | os.PathLike | None = None, python: str = "python") -> str:
+    """The one command that fetches CUB-200-2011 into the data root (`root`, else $DML_DATA,
+    else ./data). It names the root unless it is the default: a new shell may lack $DML_DATA."""
+    from .data import DATA_ROOT_ENV, resolve_data_root
+
+    default = data_root is None and not os.environ.get(DATA_ROOT_ENV)
+    command = f"{python} -m dmlutils download"
+    return command if default else f"{command} --root {shlex.quote(str(resolve_data_root(data_root)))}"
+
+
+def missing_data_markdown(what: str, data_root: str | os.PathLike | None = None) -> str:
+    """What a chapter says where it cannot show `what` for lack of CUB-200-2011."""
+    from .data import data_root_origin
+
+    root, origin = data_root_origin(data_root)
+    return (
+        f"**Not shown: {what}.** It needs CUB-200-2011, and there is no "
+        f"`{root / 'CUB_200_2011' / 'images.txt'}` (the data root comes from {origin}). Fetch the "
+        f"official archive (about 1.1 GB, MD5-checked) with `{fetch_data_command(data_root)}`, then run "
+        "this chapter again (in Jupyter or Colab, `download = True` in its parameters cell does both)."
+    )
+
+
+def show_missing_data(what: str, data_root: str | os.PathLike | None = None) -> None:
+    """Display `missing_data_markdown` (marked for the book runner's closing line), or print it."""
+    text = missing_data_markdown(what, data_root)
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+
+        if get_ipython() is not None:
+            display(Markdown(text), metadata={MISSING_DATA_KEY: what})
+            return
+    except ImportError:
+        pass
+    print(text)
+
+
 # --- table of contents -------------------------------------------------------------------------
 
 
@@ -168,9 +214,12 @@ def write_toc(root: str | os.PathLike = ".", notebooks_dir: str = "notebooks") -
 
 # --- source notebooks ----------------------------------------------------------------------------
 
+# What a chapter opened directly (Jupyter, Colab) runs with: the cpu profile, whose records
+# are committed, so a reader sees the book's numbers; CI passes smoke through papermill.
 PARAMETERS_SOURCE = """# Parameters: `python -m dmlutils.book` overrides these (papermill).
-# profile: smoke (synthetic data), cpu or paper (CUB-200-2011), see the intro
-profile = "smoke"
+# profile: cpu reads the committed run records (what the book shows); smoke trains tiny
+# runs on synthetic data (CI passes it: make book PROFILE=smoke); paper: the paper's setting
+profile = "cpu"
 seed = 0
 data_root = None  # None: $DML_DATA, else ./data
 results_dir = "results"  # run records and benchmark reports"""
@@ -186,6 +235,16 @@ def repository(root: str | os.PathLike = ".") -> tuple[str, str]:
     if not url.startswith("https://github.com/"):
         raise BookError(f"_config.yml's repository: url: must be a https://github.com/<owner>/<name> URL, got {url!r}.")
     return url, str(repo.get("branch", "main"))
+
+
+def pages_url(root: str | os.PathLike = ".") -> str:
+    """Where GitHub Pages publishes the book (.github/workflows/book.yml deploys it): from
+    `_config.yml`'s repository url https://github.com/<owner>/<repo>, the project site
+    https://<owner>.github.io/<repo>/ (a repository named <owner>.github.io is the user site)."""
+    url, _ = repository(root)
+    owner, name = url.removeprefix("https://github.com/").split("/")[:2]
+    host = f"{owner.lower()}.github.io"
+    return f"https://{host}/" if name.lower() == host else f"https://{host}/{name}/"
 
 
 def colab_badge(url: str, branch: str, filename: str) -> str:

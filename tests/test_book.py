@@ -254,24 +254,104 @@ def fake_cub(root: Path) -> Path:
 def test_default_profile_is_cpu_when_cub_is_found(tmp_path, monkeypatch):
     monkeypatch.setenv("DML_DATA", str(fake_cub(tmp_path / "data")))
     assert book.default_profile() == "cpu"
+    assert book.plan_data().cub is True
     monkeypatch.delenv("DML_DATA")
     assert book.default_profile(tmp_path / "data") == "cpu"
 
 
-def test_default_profile_without_cub_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("DML_DATA", str(tmp_path / "empty"))
-    with pytest.raises(book.BookError) as info:
-        book.default_profile()
-    message = str(info.value)
-    assert str(tmp_path / "empty" / "CUB_200_2011" / "images.txt") in message
-    assert "DML_DATA" in message and "download=True" in message and "--profile smoke" in message
+def test_without_cub_the_book_reads_the_committed_cpu_records_and_says_how_to_fetch_it(tmp_path, monkeypatch):
+    """A fresh clone with an empty data root: the book's profile is still cpu (whose records
+    are committed), and its closing line names what was skipped, where CUB was looked for and
+    the one command that fetches it there."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("DML_DATA", str(empty))
+    plan = book.plan_data()
+    assert (plan.profile, plan.cub, plan.data_root) == ("cpu", False, empty)
+    assert "DML_DATA" in plan.origin
+    assert plan.fetch_command.endswith(f"-m dmlutils download --root {empty}")
+    assert list((ROOT / "results" / "cpu").glob("multi_similarity/seed_*.json")), "the records the cpu book reads are committed"
+    stems = [p.stem for p in NOTEBOOKS]
+    line = book.data_summary(plan, stems, [stems[0]])
+    assert line.startswith("chapters 2–9 and appendix A1 ran in full at the cpu profile")
+    assert "committed records in results/cpu/" in line
+    assert f"chapter 1's figures and tables of CUB-200-2011 were skipped: no CUB-200-2011 under {empty}" in line
+    assert line.endswith(f"`{plan.fetch_command}`, then run the book again.")
+    # with CUB present (nothing skipped) the run ends as it always did: no such line
+    assert book.data_summary(plan, stems, []) is None
 
 
-def test_cub_profile_is_refused_early_without_cub(tmp_path, monkeypatch):
+def test_fetch_command_names_the_root_unless_it_is_the_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("DML_DATA", raising=False)
+    assert book.fetch_data_command() == "python -m dmlutils download"
+    monkeypatch.setenv("DML_DATA", str(tmp_path / "my data"))  # a new shell may not have it: name it
+    assert book.fetch_data_command() == f"python -m dmlutils download --root '{tmp_path / 'my data'}'"
+
+
+def test_chapters_text_joins_runs_of_chapters():
+    assert book.chapters_text(["01_a"]) == "chapter 1"
+    assert book.chapters_text(["02_a", "03_b", "04_c", "06_d", "A1_e"]) == "chapters 2–4, 6 and appendix A1"
+    assert book.chapters_text(["01_a", "02_b"]) == "chapters 1, 2"
+
+
+def test_a_profile_that_would_train_on_cub_is_refused_early_without_it(tmp_path, monkeypatch):
     monkeypatch.setenv("DML_DATA", str(tmp_path / "empty"))
-    with pytest.raises(book.BookError, match="profile 'cpu' needs CUB-200-2011"):
-        book.run_book(profile="cpu", root=ROOT, skip_build=True)
+    # paper on a GPU trains its missing runs on CUB: without it, stop before any chapter runs
+    monkeypatch.setattr(book, "_book_trains", lambda profile: profile == "paper")
+    with pytest.raises(book.BookError, match="profile 'paper' needs CUB-200-2011") as info:
+        book.run_book(profile="paper", root=ROOT, skip_build=True)
+    assert "python -m dmlutils download --root" in str(info.value)
+    assert book.plan_data("cpu").profile == "cpu"  # cpu reads its committed records: no CUB needed
     book.check_profile_data("smoke")  # synthetic data: no CUB needed
+
+
+@pytest.mark.slow
+def test_chapter_1_without_cub_says_what_it_cannot_show_and_the_book_says_so_last(tmp_path, monkeypatch, capsys):
+    """Chapter 1 at the cpu profile in a book root without CUB: it executes, each table and
+    figure that needs CUB is replaced by the notice with the fetch command, and the runner's
+    last line says which chapters ran on what."""
+    root = tmp_path / "clone"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "_config.yml").write_text((ROOT / "_config.yml").read_text())
+    source = NOTEBOOKS[0]
+    assert source.name.startswith("01_")
+    (root / "notebooks" / source.name).write_text(source.read_text())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("DML_DATA", str(empty))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    status = book.main(["--root", str(root), "--skip-build"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert status == 0
+    assert out[-1].startswith("chapter 1's figures and tables of CUB-200-2011 were skipped: no CUB-200-2011 under " + str(empty))
+    assert f"-m dmlutils download --root {empty}`" in out[-1]
+    executed = nbformat.read(root / "book" / "chapters" / source.name, as_version=4)
+    notices = book.missing_data_notices(root / "book" / "chapters" / source.name)
+    assert len(notices) == 6 and "the grid of training images" in notices
+    shown = [o["data"]["text/markdown"] for c in code_cells(executed) for o in c.outputs if "text/markdown" in o.get("data", {})]
+    notice = next(text for text in shown if text.startswith("**Not shown: the grid of training images.**"))
+    assert str(empty / "CUB_200_2011" / "images.txt") in notice and f"python -m dmlutils download --root {empty}" in notice
+    assert not any(o.get("output_type") == "error" for c in code_cells(executed) for o in c.outputs)
+
+
+def test_download_command_fetches_cub_into_the_data_root_md5_checked(tmp_path, monkeypatch, capsys):
+    from data_fixtures import make_cub, make_tar_gz
+
+    from dmlutils.__main__ import main
+    from dmlutils.data import CUB200
+
+    source = tmp_path / "source"
+    make_cub(source)
+    archive = tmp_path / "CUB_200_2011.tgz"
+    md5 = make_tar_gz(source, archive)
+    monkeypatch.setattr(CUB200, "resources", (((archive.as_uri(),), "0" * 32, archive.name),))
+    assert main(["download", "--root", str(tmp_path / "data")]) == 2  # a wrong MD5 is refused
+    assert f"expected {'0' * 32}, got {md5}" in capsys.readouterr().err
+    monkeypatch.setattr(CUB200, "resources", (((archive.as_uri(),), md5, archive.name),))
+    assert main(["download", "--root", str(tmp_path / "data")]) == 0
+    assert (tmp_path / "data" / "CUB_200_2011" / "images.txt").is_file()
+    assert main(["download", "--root", str(tmp_path / "data")]) == 0
+    assert "already under" in capsys.readouterr().out
 
 
 def test_provenance_names_profile_commit_and_time():
@@ -361,3 +441,4 @@ def test_default_data_root_is_the_books_root_not_the_callers_cwd(tmp_path, monke
     monkeypatch.chdir(tmp_path)  # ./data does not exist here
     summary = book.run_book(root=root, skip_build=True, log=lambda *_: None)
     assert summary.profile == "cpu" and summary.executed == []
+    assert summary.data.cub is True, "CUB under <book root>/data was not found from another working directory"

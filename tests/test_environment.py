@@ -89,3 +89,18 @@ def test_the_package_itself_is_installed_with_the_makefiles_extras():
     makefile = (ROOT / "Makefile").read_text()
     extras = re.search(r'-e\s+"?\.\[([a-z,]+)\]"?', makefile).group(1)
     assert options == [f"-e .[{extras}]"]
+
+
+def test_every_requirement_of_pyproject_is_pinned_in_constraints_txt():
+    """A tool added to an extra (e.g. actionlint for the workflow test) is pinned too, and so
+    (by the tests above) is in environment.yml: the three stay in step."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    unpinned = sorted(canonical(Requirement(r).name) for r in requirements if canonical(Requirement(r).name) not in constraint_pins())
+    assert not unpinned, f"pyproject.toml requires these, constraints.txt does not pin them: {unpinned}"
+    # the pin satisfies the requirement's own bound
+    for requirement in map(Requirement, requirements):
+        pin = constraint_pins()[canonical(requirement.name)]
+        assert requirement.specifier.contains(pin, prereleases=True), f"{requirement}: constraints.txt pins {pin}"
