@@ -117,6 +117,7 @@ def main(argv=None) -> int:
     verify_parser.add_argument("--results", default="results", help="folder of run records (default: results/)")
     verify_parser.add_argument("--fresh-cache", action="store_true", help="rebuild the activation cache too, in a temporary folder")
     verify_parser.add_argument("--no-report", action="store_true", help="do not write results/verify/<profile>.json/.md")
+    verify_parser.add_argument("--pictures", action="store_true", help="keep the re-run's pictures beside the committed record when it matches")
 
     cache_parser = commands.add_parser("cache", help="build the activation cache of a profile (and --set overrides) ahead of its runs")
     common(cache_parser)
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
             from .verify import DEFAULT_RUNS, verify
 
             report = verify(args.profile, args.runs or DEFAULT_RUNS, args.results, args.root, fresh_cache=args.fresh_cache,
-                            report_dir=None if args.no_report else Path(args.results) / "verify")
+                            report_dir=None if args.no_report else Path(args.results) / "verify", pictures=args.pictures)
             return 0 if report["passed"] else 1
         if args.command == "cache":
             path = engine.prepare_cache(make_config(args.profile, "multi_similarity", parse_set_arguments(args.set)), root=args.root)

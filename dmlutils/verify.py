@@ -11,6 +11,10 @@ differs and the result drifts within `TOLERANCE`. The command prints a table (re
 committed, re-run, difference, verdict), writes the report to
 `results/verify/<profile>.json` and `.md` (the book's appendix shows the last one), and
 exits non-zero if any record falls outside the tolerance.
+
+`--pictures` keeps what the re-run draws (`dmlutils.pictures`): when it matches the
+committed record, its pictures file goes beside that record, naming the re-run's commit
+and the verdict. That is how a record made before runs drew pictures gets them.
 """
 from __future__ import annotations
 
@@ -60,8 +64,10 @@ def compare(committed: dict, rerun: dict, tolerance: float, identical_expected: 
 
 
 def verify(profile: str = "cpu", specs=DEFAULT_RUNS, results="results", root=None, tolerance: float = TOLERANCE,
-           fresh_cache: bool = False, report_dir=None, echo=print) -> dict:
+           fresh_cache: bool = False, report_dir=None, echo=print, pictures: bool = False) -> dict:
     from . import engine, manifest
+    from .pictures import pictures_path
+    from .provenance import atomic_write_bytes
 
     checks = []
     with tempfile.TemporaryDirectory(prefix="dmlutils_verify_") as tmp:
@@ -81,12 +87,19 @@ def verify(profile: str = "cpu", specs=DEFAULT_RUNS, results="results", root=Non
                         f"make it with: python -m dmlutils runs --profile {profile} --only {name}"
                     )
                 echo(f"re-training {name} seed {seed} from scratch ...")
+                drawn = Path(tmp) / "records" / name / f"seed_{seed}.json" if pictures else None
                 if entry.kind == "baseline":
-                    rerun = engine.baseline(config, root=root, progress=False)
+                    rerun = engine.baseline(config, root=root, progress=False, record_path=drawn)
                 else:
-                    rerun = engine.train(config, Path(tmp) / name / str(seed), root=root, progress=True)
+                    rerun = engine.train(config, Path(tmp) / name / str(seed), root=root, progress=True, record_path=drawn)
                 expected = same_machine(committed)
                 result = compare(committed, rerun, tolerance, identical_expected=expected)
+                if drawn is not None and result["verdict"] != "MISMATCH":
+                    kept = json.loads(pictures_path(drawn).read_text())
+                    kept["verified"] = {"record_git": committed["git"], "verdict": result["verdict"],
+                                        "largest_difference": result["largest_difference"]}
+                    engine.write_json(pictures_path(path), kept)
+                    echo(f"pictures of the re-run ({result['verdict']}) written to {pictures_path(path)}")
                 checks.append({"record": f"{name} seed {seed}", "path": str(Path(path).relative_to(results)) if Path(path).is_relative_to(results) else str(path),
                                "same_machine": expected, "rerun_seconds": rerun.get("wall_time_seconds"), **result})
         finally:
@@ -110,7 +123,7 @@ def verify(profile: str = "cpu", specs=DEFAULT_RUNS, results="results", root=Non
     if report_dir is not None:
         folder = Path(report_dir)
         engine.write_json(folder / f"{profile}.json", report)
-        engine.atomic_write_bytes(folder / f"{profile}.md", lambda f: f.write((text + "\n").encode()))
+        atomic_write_bytes(folder / f"{profile}.md", lambda f: f.write((text + "\n").encode()))
     return report
 
 

@@ -46,3 +46,22 @@ def test_a_missing_record_names_the_command_that_makes_it(tmp_path):
         verify.verify("smoke", ["ms_beta_20:0"], tmp_path, echo=lambda *_: None)
     with pytest.raises(ValueError, match="<name>\\[:<seed>\\]"):
         verify.parse("ms:one")
+
+
+def test_a_matching_rerun_leaves_its_pictures_beside_the_committed_record_and_a_mismatch_leaves_none(committed):
+    from dmlutils.pictures import pictures_path, read_pictures
+
+    path = manifest.record_path(committed, "smoke", "ms_beta_10", 0)
+    drawn = pictures_path(path)
+    first = read_pictures(drawn)  # the manifest's run drew them
+    drawn.unlink()  # as for a record made before runs drew pictures
+    verify.verify("smoke", ["ms_beta_10"], committed, echo=lambda *_: None, pictures=True)
+    again = read_pictures(drawn)
+    assert again["verified"] == {"record_git": json.loads(path.read_text())["git"], "verdict": "identical", "largest_difference": 0.0}
+    assert again["queries"] == first["queries"] and again["batch"] == first["batch"]
+    drawn.unlink()
+    record = json.loads(path.read_text())
+    record["final"]["map@r"] += 0.5
+    write_json(path, record)
+    verify.verify("smoke", ["ms_beta_10"], committed, echo=lambda *_: None, pictures=True)
+    assert not drawn.exists()
