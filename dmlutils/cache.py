@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm  # plain text bars: tqdm.auto warns in notebooks without ipywidgets
 
+from .profiles import CACHE_SETTINGS, cache_settings  # noqa: F401  (re-exported: defined beside the settings, so readers need not import this module)
 from .provenance import REPO_ROOT, atomic_write_bytes
 
 
@@ -49,16 +50,6 @@ def file_lock(path: Path):
 
 def cache_dir() -> Path:
     return Path(os.environ.get("DML_CACHE", REPO_ROOT / "runs" / "cache"))
-
-
-# The settings that build an activation cache: runs that agree on them share one cache
-# (its file name, and the cost tables that count each cache once, use them).
-CACHE_SETTINGS = ("data", "backbone", "pretrained", "image_size", "resize_size", "transform", "cache_views", "cache_from_block", "seed")
-
-
-def cache_settings(config: dict) -> tuple:
-    """The (setting, value) pairs that identify a run's activation cache."""
-    return tuple((k, config.get(k)) for k in CACHE_SETTINGS)
 
 
 def _data_identity(dataset) -> list:

@@ -154,7 +154,7 @@ def matrix_hours(recipe: dict, processes: int = MATRIX_PROCESSES) -> float:
     """Estimated wall-clock hours of the run manifest's declared runs under a recipe,
     `processes` side by side, plus one activation cache per seed and input pipeline."""
     from . import manifest
-    from .cache import cache_settings
+    from .profiles import cache_settings
     from .runner import SIDE_BY_SIDE_SLOWDOWN, Job, estimate_cache_seconds, estimate_seconds
 
     seconds, caches = 0.0, {}
