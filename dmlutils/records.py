@@ -10,9 +10,12 @@ profile (records made on a GPU, none shipped) it prints a warning block to stder
 Records hold no path of the machine that made them (the data is named by a fingerprint,
 `dmlutils.data.data_fingerprint`); `strip_machine_paths` removes those older records held.
 
-Reading sits below training: this module imports nothing of the engine, the models or
-the losses (a test checks it). Training the runs a chapter finds missing is orchestration:
-`dmlutils.orchestration.ensure_records` / `ensure_studies`.
+Reading sits below training and below planning: this module imports nothing of the
+engine, the models or the losses, nor of the manifest, the studies, the runner or the
+cache (tests check both). What it needs of them it takes as data or arguments (the
+study candidates `load_study` reads), or knows as the results layout it reads. Training
+the runs a chapter finds missing is orchestration: `dmlutils.manifest.ensure` /
+`dmlutils.orchestration.ensure_studies`.
 """
 from __future__ import annotations
 
@@ -112,12 +115,20 @@ def provenance(record: dict) -> str:
     )
 
 
-def load_study(profile: str, loss: str, results_dir=None) -> dict:
+def study_dir(results, profile: str, loss: str) -> Path:
+    """Where a loss's setting study keeps its records: `<results>/<profile>/study/<loss>/`
+    (the layout is the reader's; `dmlutils.studies` writes there)."""
+    return Path(results) / profile / "study" / loss
+
+
+def load_study(profile: str, loss: str, results_dir=None, candidates=None) -> dict:
     """A loss's setting study (dmlutils.studies): {"validation": {setting: record},
     "selection": the choice or None, "tuned": {seed: the chosen setting's test record} or
-    None}, each only if made under the profile's current version."""
-    from .studies import study, study_dir
+    None}, each only if made under the profile's current version.
 
+    `candidates`: the settings to read (the planner's, `dmlutils.studies.study(loss)`, as
+    `orchestration.ensure_studies` passes them); None reads every setting record the
+    study's folder holds. Reading takes them as data: it imports nothing of the planning."""
     results = Path(results_dir or DEFAULT_RESULTS)
     folder = study_dir(results, profile, loss)
 
@@ -129,7 +140,9 @@ def load_study(profile: str, loss: str, results_dir=None) -> dict:
         finished = "final" in record or "chosen" in record
         return record if finished and is_current(record, profile) else None
 
-    validation = {name: read(folder / f"{name}.json") for name in study(loss)}
+    if candidates is None:
+        candidates = [path.stem for path in sorted(folder.glob("*.json")) if path.name != "selection.json"]
+    validation = {name: read(folder / f"{name}.json") for name in candidates}
     selection = read(folder / "selection.json")
     tuned = {int(seed): read(results / path) for seed, path in (selection or {}).get("test_records", {}).items()}
     return {
@@ -139,35 +152,20 @@ def load_study(profile: str, loss: str, results_dir=None) -> dict:
     }
 
 
-def study_complete(study: dict, loss: str) -> bool:
-    """Whether a loaded study of `loss` chose among all of its candidates, by the current
-    criterion (a candidate added since, or another criterion, means choosing again), and
-    has a test record for every seed its choice names (a selection of an older layout,
-    without `test_records`, is not complete)."""
-    from .studies import CRITERION
-    from .studies import study as candidates
-
-    selection = study["selection"] or {}
-    wanted = selection.get("test_records")
-    chose_among_all = set(selection.get("scores", {})) == set(candidates(loss)) == set(study["validation"])
-    current = selection.get("criterion") == f"final validation {CRITERION}"
-    return bool(wanted) and chose_among_all and current and len(study["tuned"] or {}) == len(wanted)
-
-
-def load_studies(profile: str, losses, results_dir=None) -> dict[str, dict]:
-    """{loss: load_study(...)} of several losses' setting studies."""
-    return {loss: load_study(profile, loss, results_dir) for loss in losses}
+def load_studies(profile: str, losses, results_dir=None, candidates=None) -> dict[str, dict]:
+    """{loss: load_study(...)} of several losses' setting studies (`candidates`: {loss:
+    its settings}, as `load_study` takes them; None: what each folder holds)."""
+    return {loss: load_study(profile, loss, results_dir, (candidates or {}).get(loss)) for loss in losses}
 
 
 def load_validation_runs(profile: str, results_dir=None) -> dict[str, dict]:
-    """The baseline and the reference MS run on the studies' held-out classes (those that exist)."""
-    from .studies import REFERENCE, study_dir
-
+    """The runs beside the studies on their held-out classes, {name: record}: every record
+    at `<results>/<profile>/study/<name>.json` (the studies write the baseline and the
+    reference MS run there), those made under the profile's current version."""
     found = {}
-    for name in ("baseline", REFERENCE):
-        path = study_dir(Path(results_dir or DEFAULT_RESULTS), profile, name).with_suffix(".json")
-        if path.exists() and is_current(record := json.loads(path.read_text()), profile):
-            found[name] = record
+    for path in sorted((Path(results_dir or DEFAULT_RESULTS) / profile / "study").glob("*.json")):
+        if is_current(record := json.loads(path.read_text()), profile):
+            found[path.stem] = record
     return found
 
 
