@@ -57,6 +57,46 @@ print(sorted(m for m in sys.modules if m == "torch" or m.startswith(("dmlutils.e
     assert done.stdout.strip() == "[]", f"reading records imported: {done.stdout.strip()}"
 
 
+PLANNING = ("dmlutils.studies", "dmlutils.manifest", "dmlutils.runner", "dmlutils.cache", "dmlutils.recipe", "dmlutils.orchestration")
+
+
+def test_reading_records_and_reporting_on_them_load_nothing_of_the_planning(tmp_path):
+    """Reading sits below planning: a chapter that only reads records and computes its
+    numbers (records, report) never loads the manifest, the studies, the runner or the
+    cache, neither on import nor when its readers run (lazy imports included)."""
+    script = f"""
+import json, sys
+from pathlib import Path
+PLANNING = {PLANNING!r}
+def planning():
+    return sorted(m for m in sys.modules if m in PLANNING)
+import dmlutils.records, dmlutils.report
+assert planning() == [], f"importing records and report loaded {{planning()}}"
+from dmlutils import records, report
+from dmlutils.profiles import PROFILE_VERSIONS
+results = Path({str(tmp_path)!r})
+record = {{"profile": "cpu", "profile_version": PROFILE_VERSIONS["cpu"], "config": {{"seed": 0}}, "evaluations": [],
+          "final": {{"recall@1": 0.5, "map@r": 0.2}}, "cache_seconds": 60.0}}
+for path in ["cpu/triplet/seed_0.json", "cpu/study/npair/default.json", "cpu/study/baseline.json"]:
+    (results / path).parent.mkdir(parents=True, exist_ok=True)
+    (results / path).write_text(json.dumps(record))
+(results / "cpu" / "study" / "npair" / "selection.json").write_text(json.dumps(
+    {{"profile_version": PROFILE_VERSIONS["cpu"], "chosen": "default", "scores": {{"default": 0.2}}, "test_records": {{"0": "cpu/triplet/seed_0.json"}}}}))
+records.check_records_found("cpu", results)
+study = records.load_study("cpu", "npair", results)
+assert set(study["validation"]) == {{"default"}} and study["selection"]["chosen"] == "default" and list(study["tuned"]) == [0], study
+assert set(records.load_studies("cpu", ["npair"], results)) == {{"npair"}}
+assert set(records.load_validation_runs("cpu", results)) == {{"baseline"}}
+by_seed = {{0: study["tuned"][0]}}
+report.summarise(by_seed), report.cpu_seconds({{"triplet": by_seed}}), report.run_cost({{"triplet": by_seed}})
+assert planning() == [], f"reading records and reporting on them loaded {{planning()}}"
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
 # --- no records at all: loud at the cpu and paper profiles ---------------------------------
 
 FINISHED = {"profile": "cpu", "loss": "triplet", "evaluations": [], "final": {"iteration": 0, "recall@1": 0.5}}
