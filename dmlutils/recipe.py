@@ -174,8 +174,10 @@ def _score(record: dict) -> float:
 
 
 def read_selection(stage: str, results="results") -> dict | None:
+    from .records import read_record  # a damaged file raises, naming it and the command that re-makes it
+
     path = recipe_dir(results) / stage / "selection.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_record(path) if path.exists() else None
 
 
 def final_recipe(results="results") -> dict | None:
@@ -192,6 +194,7 @@ def _recipe_of(selection: dict) -> dict:
 def run_recipe_study(results="results", runs="runs", processes: int = 1, root=None, profile: str = PROFILE, progress=True, echo=print) -> dict:
     """Run the stages in order (each one's candidates side by side); returns the recipe."""
     from . import engine
+    from .records import read_record
     from .runner import Job, run_jobs
 
     folder = recipe_dir(results)
@@ -223,7 +226,7 @@ def run_recipe_study(results="results", runs="runs", processes: int = 1, root=No
             jobs.append(Job(f"{stage}/{name}", _config(overrides, profile), path, Path(runs) / PROFILE / "recipe" / stage / name, root=root))
         echo(f"stage {stage}: {question}")
         run_jobs(jobs, processes, progress, echo)
-        records = {name: json.loads((Path(results) / p).read_text()) for name, p in paths.items()}
+        records = {name: read_record(Path(results) / p) for name, p in paths.items()}
         for name, record in records.items():
             if record.get("evaluated_on", {}).get("split") != "validation":
                 raise ValueError(f"recipe record {paths[name]} was not evaluated on validation classes")
@@ -270,11 +273,13 @@ def load_study(results="results") -> dict:
     "recipe": the final recipe or None}. Each row: candidate, what it changes, its record
     (None if not run yet), the estimated minutes of one run and hours of the matrix under
     it, and whether that fits the budget."""
+    from .records import read_record  # a damaged file raises, naming it and the command that re-makes it
+
     folder = recipe_dir(results)
 
     def read(path):
         path = Path(path)
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_record(path) if path.exists() else None
 
     stages, recipe, kept_path = [], dict(BASE), None
     for stage, question, candidates in STAGES:

@@ -146,7 +146,7 @@ def _held_out(profile: str, loss: str, overrides=None, extra_overrides=None) -> 
 def _valid(job) -> bool:
     from .manifest import valid_record
 
-    return valid_record(job.record_path, job.config) is not None
+    return valid_record(job.record_path, job.config, skip_damaged=True) is not None  # a damaged record is re-made
 
 
 def validation_jobs(losses, profile: str = "cpu", results="results", runs="runs", root=None, extra_overrides=None) -> list:
@@ -186,7 +186,7 @@ def choose(loss: str, profile: str = "cpu", results="results", runs="runs", root
     records = {}
     for name, overrides in settings.items():
         path = study_dir(results, profile, loss) / f"{name}.json"
-        records[name] = valid_record(path, _held_out(profile, loss, overrides, extra_overrides))
+        records[name] = valid_record(path, _held_out(profile, loss, overrides, extra_overrides))  # run_studies re-made a damaged one just before
         if records[name] is None:
             raise ValueError(f"the {loss} study has no finished run of {name!r} on validation classes ({path}): run_studies trains it")
     chosen, scores = select(records)
@@ -194,7 +194,7 @@ def choose(loss: str, profile: str = "cpu", results="results", runs="runs", root
     for seed in seeds or tuned_seeds(loss, profile):
         config = make_config(profile, loss, {**settings[chosen], **(extra_overrides or {}), "seed": seed})
         own = record_path(results, profile, loss, seed)
-        path = own if valid_record(own, config) else tuned_record_path(results, profile, loss, seed)
+        path = own if valid_record(own, config, skip_damaged=True) else tuned_record_path(results, profile, loss, seed)
         test_records[str(seed)] = str(path.relative_to(Path(results)))
         if path != own:
             jobs.append(Job(f"{loss} {chosen} seed {seed} (test)", config, path, Path(runs) / profile / "tuned" / loss / f"seed_{seed}", root=root))

@@ -15,7 +15,6 @@ exits non-zero if any record falls outside the tolerance.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -134,5 +133,9 @@ def markdown(report: dict) -> str:
 
 
 def load_report(profile: str, results="results") -> dict | None:
+    """The last verification report of `profile`, or None; a damaged one raises
+    `records.DamagedRecord`, naming it and the command that re-makes it."""
+    from .records import read_record
+
     path = Path(results) / "verify" / f"{profile}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_record(path) if path.exists() else None
