@@ -58,7 +58,15 @@ def _data_identity(dataset) -> list:
     its cache and images replaced in place never reuse a stale one."""
     if hasattr(dataset, "fingerprint"):
         return [len(dataset), dataset.fingerprint()["sha256"]]
-    return [len(dataset), str(getattr(dataset, "root", ""))]  # a data set of the caller's own
+    from .data.fingerprint import data_fingerprint
+
+    # e.g. a torch Subset of one of ours: fingerprinted through the data set it wraps (keyed
+    # by its length alone before, it could reuse another subset's activations). The keys of
+    # the data sets above are unchanged: no version bump, existing caches stay valid.
+    try:
+        return [len(dataset), data_fingerprint(dataset)["sha256"]]
+    except TypeError:  # a data set of the caller's own, of no form the fingerprint knows: its folder is all there is
+        return [len(dataset), str(getattr(dataset, "root", ""))]
 
 
 def _cache_key(config: dict, train, test) -> str:
