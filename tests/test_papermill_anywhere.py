@@ -46,6 +46,9 @@ def elsewhere(tmp_path, monkeypatch):
     folder.mkdir()
     monkeypatch.chdir(folder)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # The kernel imports this checkout's dmlutils: the environment's install may be another
+    # checkout's (a git worktree beside it), whose REPO_ROOT and code are not under test.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     return folder
 
 
@@ -106,9 +109,7 @@ def test_chapters_with_path_parameters_move_to_the_repository_before_using_them(
     assert "results_dir" not in opening[0] and "data_root" not in opening[0]
 
 
-def test_a_chapter_that_meets_a_damaged_record_names_it_and_the_command_not_a_decoder_error(elsewhere, monkeypatch):
-    # The kernel imports this checkout's dmlutils (the environment's may be another checkout's).
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+def test_a_chapter_that_meets_a_damaged_record_names_it_and_the_command_not_a_decoder_error(elsewhere):
     results = elsewhere / "my_results"
     damaged = results / "cpu" / "triplet" / "seed_0.json"
     damaged.parent.mkdir(parents=True)
