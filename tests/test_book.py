@@ -297,7 +297,7 @@ def test_chapters_text_joins_runs_of_chapters():
 def test_a_profile_that_would_train_on_cub_is_refused_early_without_it(tmp_path, monkeypatch):
     monkeypatch.setenv("DML_DATA", str(tmp_path / "empty"))
     # paper on a GPU trains its missing runs on CUB: without it, stop before any chapter runs
-    monkeypatch.setattr(book, "_book_trains", lambda profile: profile == "paper")
+    monkeypatch.setattr(book.book_plan, "_book_trains", lambda profile: profile == "paper")
     with pytest.raises(book.BookError, match="profile 'paper' needs CUB-200-2011") as info:
         book.run_book(profile="paper", root=ROOT, skip_build=True)
     assert "python -m dmlutils download --root" in str(info.value)
