@@ -266,8 +266,8 @@ def retrieval_grid(panels: dict[str, dict], positions=None, data_root=None) -> D
 
     first = _same_queries(panels)
     positions = list(range(min(QUERIES_SHOWN, len(first["queries"]["index"])))) if positions is None else list(positions)
-    try:
-        read = image_reader(first, data_root)
+    try:  # each file names its own neighbours; one evaluation set, so one name per index
+        read = image_reader(dict(first, images={k: v for p in panels.values() for k, v in p["images"].items()}), data_root)
     except ImagesNotFound:
         return _missing_images("the retrieval grid", data_root)
     titles, n_neighbours = list(panels), len(first["queries"]["neighbours"][0])

@@ -144,11 +144,20 @@ def test_cub_images_are_read_from_the_data_root_by_their_name(drawn_files, tmp_p
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (90, 60), (i % 256, 7, 200)).save(folder / name)
     (folder / "images.txt").write_text("")
-    drawing = figures.retrieval_grid({"MS": cub}, positions=[0], data_root=tmp_path / "data")
-    tile = drawing.tiles[3]
+    # a second file whose neighbour at rank 1 only it names (the first file does not)
+    other = copy.deepcopy(cub)
+    unnamed = next(i for i in range(200) if str(i) not in cub["images"])
+    other["queries"]["neighbours"][0][0] = unnamed
+    other["images"][str(unnamed)] = "images/150.Other_Bird/Other_Bird_1.jpg"
+    (folder / "images/150.Other_Bird").mkdir(parents=True)
+    Image.new("RGB", (60, 90), (255, 255, 3)).save(folder / "images/150.Other_Bird/Other_Bird_1.jpg")
+    drawing = figures.retrieval_grid({"MS": cub, "other": other}, positions=[0], data_root=tmp_path / "data")
+    tile = next(t for t in drawing.tiles if t.panel == "MS" and t.column == 3)
     shade = list(cub["images"]).index(str(tile.index)) % 256
     assert np.all(drawn_pixels(drawing, tile)[..., 0] == shade)  # that file's pixels, centre-cropped
     assert figures.class_name(cub, tile.label) == "Some Bird"
+    tile = next(t for t in drawing.tiles if t.panel == "other" and t.column == 1)
+    assert tile.index == unnamed and np.all(drawn_pixels(drawing, tile)[..., 2] == 3)
 
 
 def test_weight_panels_show_the_files_weights_times_the_batch_size(drawn_files):
