@@ -28,7 +28,9 @@ from .pictures import pictures_path, read_pictures
 RIGHT, WRONG = "#1a9641", "#d7191c"  # frame of a neighbour of the query's class / of another class
 PAGE_WIDTH = 9.0  # inches: the book's text column at 120 dpi
 QUERIES_SHOWN = 6
-CLASSES_SHOWN = 12
+CLASSES_SHOWN = 10
+# tab10 without its grey (the other classes are grey), and black: ten colours told apart on a page
+CLASS_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#000000"]
 
 
 class PicturesNotFound(FileNotFoundError):
@@ -317,10 +319,11 @@ def failure_gallery(pictures: dict, title: str = "Multi-Similarity", limit: int 
     n_neighbours = len(pictures["queries"]["neighbours"][0])
     widths = [1.0, 0.15] + [1.0] * n_neighbours
     unit = PAGE_WIDTH / sum(widths)
-    row_height = 1.45  # a tile and its two-line caption
-    fig = plt.figure(figsize=(PAGE_WIDTH, unit * (row_height * len(wrong) + 0.3)))
-    grid = fig.add_gridspec(len(wrong), len(widths), width_ratios=widths, wspace=0.06, hspace=0.45,
-                            left=0.01, right=0.99, top=1 - 0.3 / (row_height * len(wrong) + 0.3), bottom=0.06 / len(wrong))
+    row_height, above, below = 1.45, 0.3, 0.4  # a row: a tile and its two-line caption; in tile sides
+    height = row_height * len(wrong) - (row_height - 1) + above + below
+    fig = plt.figure(figsize=(PAGE_WIDTH, unit * height))
+    grid = fig.add_gridspec(len(wrong), len(widths), width_ratios=widths, wspace=0.06, hspace=row_height - 1,
+                            left=0.01, right=0.99, top=1 - above / height, bottom=below / height)
     tiles = []
     for row, position in enumerate(wrong):
         for tile in _row_tiles(title, pictures, position, row):
@@ -348,8 +351,10 @@ def embedding_maps(panels: dict[str, dict], n_classes: int = CLASSES_SHOWN) -> D
 
     first = _same_queries(panels)
     classes = highlighted_classes(first, n_classes)
-    colours = plt.get_cmap("tab20" if len(classes) > 10 else "tab10")(np.linspace(0, 1, 20)[: len(classes)] if len(classes) > 10 else np.arange(len(classes)))
-    legend_rows = -(-len(classes) // 4)
+    if len(classes) > len(CLASS_COLOURS):
+        raise ValueError(f"a map colours at most {len(CLASS_COLOURS)} classes, not {len(classes)}")
+    colours = CLASS_COLOURS[: len(classes)]
+    legend_rows = -(-len(classes) // 5)
     fig, axes = plt.subplots(1, len(panels), figsize=(PAGE_WIDTH, PAGE_WIDTH / len(panels) + 0.3 + 0.18 * legend_rows),
                              squeeze=False, layout="constrained")
     values = {}
@@ -360,14 +365,14 @@ def embedding_maps(panels: dict[str, dict], n_classes: int = CLASSES_SHOWN) -> D
         ax.scatter(x[grey], y[grey], s=4, color="#d9d9d9", linewidths=0, rasterized=True)
         for colour, label in zip(colours, classes):
             mine = labels == label
-            ax.scatter(x[mine], y[mine], s=9, color=colour, linewidths=0, label=class_name(first, label))
+            ax.scatter(x[mine], y[mine], s=11, color=colour, linewidths=0, label=class_name(first, label))
         ax.set_title(f"{title}\n" + "\n".join(textwrap.wrap(m["method"], 48)), fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_aspect("equal", adjustable="datalim")
         values[title] = np.stack([x, y], axis=1)
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(classes)), fontsize=8, markerscale=1.8, frameon=False)
+    fig.legend(handles, names, loc="outside lower center", ncols=min(5, len(classes)), fontsize=8, markerscale=1.8, frameon=False)
     return Drawing(fig, values={"classes": classes, **values})
 
 
