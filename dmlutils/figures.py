@@ -54,13 +54,21 @@ def make_command(profile: str, name: str, seed: int = 0, results_dir="results") 
 
 def load_pictures(profile: str, name: str, seed: int = 0, results_dir="results") -> dict:
     """The pictures of run `name` (a run of `dmlutils.manifest`), seed `seed`, checked to be
-    those of its record: drawn by the run that wrote the record, or by a re-run that matched
-    it (`verified`). Raises `PicturesNotFound` naming the file and the command that makes it."""
+    those of its record: drawn under the profile's current version, by the run that wrote the
+    record or by a re-run that matched it (`verified`). Raises `PicturesNotFound` naming the
+    file and the command that makes it."""
     record_path = Path(results_dir) / profile / name / f"seed_{seed}.json"
     path = pictures_path(record_path)
     if not path.is_file():
         raise PicturesNotFound(f"no pictures file yet: `{path}`; make it with `{make_command(profile, name, seed, results_dir)}`")
     pictures = read_pictures(path)
+    from .profiles import PROFILE_VERSIONS
+
+    if pictures["profile_version"] != PROFILE_VERSIONS.get(profile):  # a chapter never mixes versions
+        raise PicturesNotFound(
+            f"`{path}` was drawn under version {pictures['profile_version']} of the {profile} profile, which is now at "
+            f"version {PROFILE_VERSIONS.get(profile)}; re-make it with `{make_command(profile, name, seed, results_dir)}`"
+        )
     if record_path.is_file():
         import json
 

@@ -211,6 +211,11 @@ def test_a_chapter_gets_the_pictures_of_its_record_or_a_notice_with_the_command(
     assert figures.load_panels({"baseline": "baseline", "MS": "multi_similarity"}, "smoke", 0, results, what="the grid") is None
     assert capsys.readouterr().out.startswith("**Not shown: the grid.** No pictures file yet:")
 
+    # pictures of an older version of the profile are refused: a chapter never mixes versions
+    old = dict(drawn_files["Multi-Similarity"], profile_version=PROFILE_VERSIONS["smoke"] - 1)
+    write_run(results, "multi_similarity", old)
+    with pytest.raises(figures.PicturesNotFound, match=f"drawn under version {PROFILE_VERSIONS['smoke'] - 1} of the smoke profile"):
+        figures.load_pictures("smoke", "multi_similarity", 0, results)
     # pictures of another run than the record (a record re-made later) are refused ...
     write_run(results, "multi_similarity", drawn_files["Multi-Similarity"], record_git={"commit": "2" * 40, "dirty": False})
     with pytest.raises(figures.PicturesNotFound, match="drawn by another run than its record"):
