@@ -197,7 +197,7 @@ def image_reader(pictures: dict, data_root=None):
 
     def read(index: int) -> np.ndarray:
         image = load_rgb(folder / names[str(index)])
-        side = min(image.size)  # the centre square, as the model's evaluation crop sees it
+        side = min(image.size)  # the centre square: about what the evaluation's centre crop keeps
         left, top = (image.width - side) // 2, (image.height - side) // 2
         return np.asarray(image.crop((left, top, left + side, top + side)).resize((160, 160)))
 
@@ -248,7 +248,7 @@ def _draw_tile(ax, image, tile: Tile, caption: str | None = None) -> None:
         spine.set_edgecolor(colour)
         spine.set_linewidth(1 if tile.correct is None else 3.5)
     if caption:
-        ax.set_xlabel("\n".join(textwrap.wrap(caption, 15)[:2]), fontsize=7, labelpad=2)
+        ax.set_xlabel(textwrap.fill(caption, 15), fontsize=7, labelpad=2)
 
 
 def _missing_images(what: str, data_root) -> Drawing:
