@@ -16,6 +16,8 @@ Benchmarks (each a script in benchmarks/, runnable on its own):
              time, activation-cache build rate and projected full build (bench_engine.py)
     data     decode + augment images/s of the CUB loader, 0/1/2 workers (bench_data.py)
     models   EfficientNet-Lite0 forward images/s (bench_models.py)
+    whole_backbone  the cpu_full step on decoded images: float32 vs bf16, overhead over the bare
+             step, GFLOP/s, one run on two threads vs two on one (bench_whole_backbone.py)
 
 Each benchmark runs in its own process with OMP_NUM_THREADS = MKL_NUM_THREADS =
 --threads (default 1: per-core numbers, comparable between machines, and a 2-core
@@ -111,6 +113,12 @@ def _models_markdown(report):
     return bench_models.markdown(report)
 
 
+def _whole_backbone_markdown(report):
+    import bench_whole_backbone
+
+    return bench_whole_backbone.markdown(report)
+
+
 BENCHMARKS = {
     b.name: b
     for b in [
@@ -129,6 +137,9 @@ BENCHMARKS = {
                   [], ["--num-images", "16", "--workers", "0", "1"], _data_markdown, needs_cub=True),
         Benchmark("models", "EfficientNet-Lite0 forward speed", "bench_models.py",
                   [], ["--small"], _models_markdown, threads_flag=True),
+        # its own thread counts: the cpu_full profile runs on both cores (and it compares that with two runs of one)
+        Benchmark("whole_backbone", "The cpu_full profile: the whole backbone's step on decoded images", "bench_whole_backbone.py",
+                  [], ["--small"], _whole_backbone_markdown, needs_cub=True),
     ]
 }
 

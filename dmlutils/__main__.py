@@ -208,6 +208,12 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stopped:  # engine.RunInterrupted, or a second Ctrl-C
+        what = str(stopped) or "interrupted"
+        # a batch (runs, recipe, study, verify) skips finished records and resumes its checkpoints when run again
+        print(f"{what}\nRun the same command again to continue:\n  {shlex.join(['python', '-m', 'dmlutils', *(sys.argv[1:] if argv is None else argv)])}",
+              file=sys.stderr)
+        return 130
     final = record.get("final", {})
     summary = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k != "iteration")
     print(f"wrote {record_path}: {summary}")

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm  # plain text bars: tqdm.auto warns in notebooks without ipywidgets
 
+from .profiles import CACHE_SETTINGS, cache_settings  # noqa: F401  (re-exported: defined beside the settings, so readers need not import this module)
 from .provenance import REPO_ROOT, atomic_write_bytes
 
 
@@ -51,23 +52,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DML_CACHE", REPO_ROOT / "runs" / "cache"))
 
 
-# The settings that build an activation cache: runs that agree on them share one cache
-# (its file name, and the cost tables that count each cache once, use them).
-CACHE_SETTINGS = ("data", "backbone", "pretrained", "image_size", "resize_size", "transform", "cache_views", "cache_from_block", "seed")
-
-
-def cache_settings(config: dict) -> tuple:
-    """The (setting, value) pairs that identify a run's activation cache."""
-    return tuple((k, config.get(k)) for k in CACHE_SETTINGS)
-
-
 def _data_identity(dataset) -> list:
     """A data set as the cache key sees it: by its fingerprint (the images' content and
     labels, `dmlutils.data.data_fingerprint`), not its folder, so a copy moved elsewhere keeps
     its cache and images replaced in place never reuse a stale one."""
     if hasattr(dataset, "fingerprint"):
         return [len(dataset), dataset.fingerprint()["sha256"]]
-    return [len(dataset), str(getattr(dataset, "root", ""))]  # a data set of the caller's own
+    from .data.fingerprint import data_fingerprint
+
+    # e.g. a torch Subset of one of ours: fingerprinted through the data set it wraps (keyed
+    # by its length alone before, it could reuse another subset's activations). The keys of
+    # the data sets above are unchanged: no version bump, existing caches stay valid.
+    try:
+        return [len(dataset), data_fingerprint(dataset)["sha256"]]
+    except TypeError:  # a data set of the caller's own, of no form the fingerprint knows: its folder is all there is
+        return [len(dataset), str(getattr(dataset, "root", ""))]
 
 
 def _cache_key(config: dict, train, test) -> str:

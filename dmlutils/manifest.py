@@ -149,16 +149,24 @@ def _as_json(value):
     return json.loads(json.dumps(value, default=_jsonable))
 
 
-def valid_record(path: Path, config: dict) -> dict | None:
-    """The record at `path` if it is finished, of the profile's current version and made
-    with exactly `config` (ignoring settings that do not change a result); else None."""
-    from .records import is_current
+def valid_record(path: Path, config: dict, skip_damaged: bool = False) -> dict | None:
+    """The record at `path` if it is of the profile's current version and made with exactly
+    `config` (ignoring settings that do not change a result); else None. A damaged record
+    (not JSON, or without a key every record has) raises `records.DamagedRecord`, naming the
+    file and the command that re-makes it; with `skip_damaged` it is None like any record
+    that is not valid: the planner's way, which then re-makes it."""
+    from .records import DamagedRecord, is_current, read_record
 
     path = Path(path)
     if not path.exists():
         return None
-    record = json.loads(path.read_text())
-    if "final" not in record or not is_current(record, config["profile"]):
+    try:
+        record = read_record(path)
+    except DamagedRecord:
+        if skip_damaged:
+            return None
+        raise
+    if not is_current(record, config["profile"]):
         return None
     from .profiles import PROFILES
 
@@ -200,9 +208,9 @@ def seeds_wanted(entry: Run, profile: str, results) -> tuple[int, ...]:
 
 def _escalation_evidence(entry: Run, profile: str, results) -> tuple[dict | None, list[dict | None]]:
     """What decides an escalation: the entry's first-seed record and the default's records."""
-    first = valid_record(record_path(results, profile, entry.name, 0), config_of(entry, profile, 0))
+    first = valid_record(record_path(results, profile, entry.name, 0), config_of(entry, profile, 0), skip_damaged=True)
     default = run(default_of(entry.group))
-    reference = [valid_record(record_path(results, profile, default.name, s), config_of(default, profile, s))
+    reference = [valid_record(record_path(results, profile, default.name, s), config_of(default, profile, s), skip_damaged=True)
                  for s in declared_seeds(default, profile)]
     return first, reference
 
@@ -264,19 +272,21 @@ def jobs(profile: str, results="results", runs="runs", root=None, only=None):
         for seed in seeds_wanted(entry, profile, results):
             config = config_of(entry, profile, seed)
             path = record_path(results, profile, entry.name, seed)
-            done = valid_record(path, config) is not None
+            done = valid_record(path, config, skip_damaged=True) is not None  # a damaged record is re-made
             out.append((Job(f"{entry.name} seed {seed}", config, path, Path(runs) / profile / entry.name / f"seed_{seed}", entry.kind, root), done))
     return out
 
 
-def load(profile: str, results="results") -> dict[str, dict[int, dict]]:
-    """{run name: {seed: record}} of every valid record of the manifest."""
+def load(profile: str, results="results", skip_damaged: bool = False) -> dict[str, dict[int, dict]]:
+    """{run name: {seed: record}} of every valid record of the manifest. A damaged record
+    raises `records.DamagedRecord` (a chapter names it and how to re-make it) unless
+    `skip_damaged` (the planner, which re-makes it)."""
     found: dict[str, dict[int, dict]] = {}
     for entry in RUNS:
         if profile not in entry.profiles:
             continue
         for seed in sorted(set(declared_seeds(entry, profile)) | set(ESCALATION_SEEDS if entry.escalate else ())):
-            record = valid_record(record_path(results, profile, entry.name, seed), config_of(entry, profile, seed))
+            record = valid_record(record_path(results, profile, entry.name, seed), config_of(entry, profile, seed), skip_damaged)
             if record is not None:
                 found.setdefault(entry.name, {})[seed] = record
     return found
@@ -286,7 +296,7 @@ def measured_run_seconds(profile: str, results="results") -> tuple[float, int] |
     """(median wall seconds, count) of the manifest's valid training records at `profile`,
     the plan's time per training run once there are three or more; else None (the plan
     falls back to `runner.estimate_seconds`)."""
-    seconds = [float(r["wall_time_seconds"]) for by_seed in load(profile, results).values() for r in by_seed.values()
+    seconds = [float(r["wall_time_seconds"]) for by_seed in load(profile, results, skip_damaged=True).values() for r in by_seed.values()
                if r.get("kind", "train") == "train" and "wall_time_seconds" in r]
     return (statistics.median(seconds), len(seconds)) if len(seconds) >= 3 else None
 

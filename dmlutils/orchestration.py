@@ -12,16 +12,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .records import DEFAULT_RESULTS, load_studies, load_study, study_complete
-from .studies import run_studies
+from .records import DEFAULT_RESULTS, load_study
+from .studies import run_studies, study, study_complete
 
 
 def ensure_studies(profile: str, losses, results_dir=None, train_missing=False, root=None) -> dict[str, dict]:
-    """{loss: records.load_study(...)}; with `train_missing`, first run the studies that are
-    incomplete (the book does this at the smoke profile only)."""
+    """{loss: records.load_study(...)} of each loss's declared candidates
+    (`studies.study`); with `train_missing`, first run the studies that are incomplete (the
+    book does this at the smoke profile only)."""
     results = Path(results_dir or DEFAULT_RESULTS)
+
+    def load(loss):
+        return load_study(profile, loss, results, candidates=study(loss))
+
     if train_missing:
-        incomplete = [loss for loss in losses if not study_complete(load_study(profile, loss, results), loss)]
+        incomplete = [loss for loss in losses if not study_complete(load(loss), loss)]
         if incomplete:
             run_studies(incomplete, profile, results, Path("runs"), root=root, progress=False, echo=lambda line: None)
-    return load_studies(profile, losses, results)
+    return {loss: load(loss) for loss in losses}

@@ -21,7 +21,6 @@ the map), which keeps a file near 300 KB.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -159,15 +158,15 @@ def write_pictures(record_path, pictures: dict) -> Path:
 
 
 def read_pictures(path) -> dict:
-    """A pictures file, or a ValueError naming the file and the command that re-makes it."""
+    """A pictures file; a missing or damaged one raises an error naming the file and the
+    command that (re-)makes it (`dmlutils.records.read_record`)."""
+    from .records import DamagedRecord, read_record, remake_command
+
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: re-run the run of {path.name.replace('.pictures.json', '.json')} "
-                                "at this commit (python -m dmlutils ablation <name> --seed <n>) to write it")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is damaged (not valid JSON: {error}); re-run its run to re-make it") from None
+        command = remake_command(path) or "python -m dmlutils verify --pictures --runs <name>:<seed>"
+        raise FileNotFoundError(f"no pictures file {path}: its run has not drawn one yet. Make it, from the repository root: {command}")
+    data = read_record(path)
     if data.get("kind") != "pictures" or data.get("pictures_version") != PICTURES_VERSION:
-        raise ValueError(f"{path} is not a pictures file of version {PICTURES_VERSION}; re-run its run to re-make it")
+        raise DamagedRecord(f"{path} is not a pictures file of version {PICTURES_VERSION}; re-make it: {remake_command(path)}")
     return data

@@ -251,6 +251,18 @@ PROFILES: dict[str, dict] = {
 
 # Bumped whenever a profile's settings change; records carry it as `profile_version`.
 PROFILE_VERSIONS = {"smoke": 2, "cpu": 2, "cpu_full": 1, "paper": 1}
+# The settings that build an activation cache (`dmlutils.cache`): runs that agree on them
+# share one cache (its file name, and the cost tables that count each cache once, use
+# them). Here beside the settings, not in the cache module, so that the record readers'
+# cost table (`dmlutils.report.cpu_seconds`) imports nothing of the planning or the cache.
+CACHE_SETTINGS = ("data", "backbone", "pretrained", "image_size", "resize_size", "transform", "cache_views", "cache_from_block", "seed")
+
+
+def cache_settings(config: dict) -> tuple:
+    """The (setting, value) pairs that identify a run's activation cache."""
+    return tuple((k, config.get(k)) for k in CACHE_SETTINGS)
+
+
 LR_SCHEDULES = ("step", "cosine")
 AMP_MODES = ("off", "bf16", "fp16")
 # The input pipeline (dmlutils.data.transforms) of each pretrained backbone.

@@ -167,7 +167,7 @@ class RecipeStudy:
     poolings: tuple  # the floors: the pretrained features at each input size and pooling
     budget: float
     budget_unit: str  # "h" (the run manifest's hours) or "min" (one run's minutes)
-    cost_key: str  # what the selection and the rows call the cost: "matrix_hours" or "run_minutes"
+    cost_key: str  # what the selection and the rows call the cost: "matrix_hours" or "run_minutes_two_cores"
     budget_key: str
     cost: Callable[[dict], float] = field(repr=False)
 
@@ -181,7 +181,7 @@ def cpu_study() -> RecipeStudy:
 def full_study() -> RecipeStudy:
     """The cpu_full profile's study: a candidate is affordable when one run of the profile it
     would become fits `FULL_BUDGET_MINUTES` on two cores."""
-    return RecipeStudy("cpu_full", FULL_BASE, FULL_STAGES, SEEDS, ("max",), FULL_BUDGET_MINUTES, "min", "run_minutes",
+    return RecipeStudy("cpu_full", FULL_BASE, FULL_STAGES, SEEDS, ("max",), FULL_BUDGET_MINUTES, "min", "run_minutes_two_cores",
                        "budget_minutes", lambda recipe: run_minutes(recipe, "cpu_full", threads=2))
 
 
@@ -231,7 +231,7 @@ def matrix_hours(recipe: dict, processes: int = MATRIX_PROCESSES) -> float:
     """Estimated wall-clock hours of the run manifest's declared runs under a recipe,
     `processes` side by side, plus one activation cache per seed and input pipeline."""
     from . import manifest
-    from .cache import cache_settings
+    from .profiles import cache_settings
     from .runner import SIDE_BY_SIDE_SLOWDOWN, Job, estimate_cache_seconds, estimate_seconds
 
     seconds, caches = 0.0, {}
@@ -251,8 +251,10 @@ def _score(record: dict) -> float:
 
 
 def read_selection(stage: str, results="results", study: RecipeStudy | None = None) -> dict | None:
+    from .records import read_record  # a damaged file raises, naming it and the command that re-makes it
+
     path = recipe_dir(results, study) / stage / "selection.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_record(path) if path.exists() else None
 
 
 def final_recipe(results="results", study: RecipeStudy | None = None) -> dict | None:
@@ -271,6 +273,7 @@ def run_recipe_study(results="results", runs="runs", processes: int = 1, root=No
     """Run the stages in order (each one's candidates side by side); returns the recipe."""
     from . import engine
     from .provenance import _jsonable
+    from .records import read_record
     from .runner import Job, run_jobs
 
     study = get_study(profile)
@@ -304,7 +307,7 @@ def run_recipe_study(results="results", runs="runs", processes: int = 1, root=No
             jobs.append(Job(f"{stage}/{name}", _config(overrides, profile), path, Path(runs) / study.profile / "recipe" / stage / name, root=root))
         echo(f"stage {stage}: {question}")
         run_jobs(jobs, processes, progress, echo)
-        records = {name: json.loads((Path(results) / p).read_text()) for name, p in paths.items()}
+        records = {name: read_record(Path(results) / p) for name, p in paths.items()}
         for name, record in records.items():
             if record.get("evaluated_on", {}).get("split") != "validation":
                 raise ValueError(f"recipe record {paths[name]} was not evaluated on validation classes")
@@ -351,12 +354,14 @@ def load_study(results="results", profile: str = PROFILE) -> dict:
     "recipe": the final recipe or None}. Each row: candidate, what it changes, its record
     (None if not run yet), the estimated minutes of one run and hours of the matrix under
     it, and whether that fits the budget."""
+    from .records import read_record  # a damaged file raises, naming it and the command that re-makes it
+
     study = get_study(profile)
     folder = recipe_dir(results, study)
 
     def read(path):
         path = Path(path)
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_record(path) if path.exists() else None
 
     stages, recipe, kept_path = [], dict(study.base), None
     for stage, question, candidates in study.stages:

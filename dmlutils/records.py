@@ -10,9 +10,12 @@ profile (records made on a GPU, none shipped) it prints a warning block to stder
 Records hold no path of the machine that made them (the data is named by a fingerprint,
 `dmlutils.data.data_fingerprint`); `strip_machine_paths` removes those older records held.
 
-Reading sits below training: this module imports nothing of the engine, the models or
-the losses (a test checks it). Training the runs a chapter finds missing is orchestration:
-`dmlutils.orchestration.ensure_records` / `ensure_studies`.
+Reading sits below training and below planning: this module imports nothing of the
+engine, the models or the losses, nor of the manifest, the studies, the runner or the
+cache (tests check both). What it needs of them it takes as data or arguments (the
+study candidates `load_study` reads), or knows as the results layout it reads. Training
+the runs a chapter finds missing is orchestration: `dmlutils.manifest.ensure` /
+`dmlutils.orchestration.ensure_studies`.
 """
 from __future__ import annotations
 
@@ -32,6 +35,117 @@ WARNED_PROFILES = ("paper",)
 
 class RecordsNotFound(FileNotFoundError):
     """No run record at all where a chapter looked; the message says where and how to make them."""
+
+
+class DamagedRecord(ValueError):
+    """A file where a record should be that cannot be read as one: not JSON (a write or a
+    copy cut short), or without the keys every record of its kind has. The message names
+    the file, what is wrong and the command that re-makes it (`remake_command`)."""
+
+
+# The command that re-makes a record, by its place under the results folder (the table of
+# results/README.md), so that reading needs nothing of the planning that knows the runs:
+# (pattern of the path's tail, kind of file, command). The first pattern that matches wins.
+_REMAKE = (
+    # a run's pictures (dmlutils.pictures): a verification re-run draws them again without touching the record
+    (r"(?P<profile>[^/]+)/(?P<name>[^/]+)/seed_(?P<seed>\d+)\.pictures\.json", "pictures file",
+     "python -m dmlutils verify --profile {profile} --pictures --runs {name}:{seed}"),
+    (r"[^/]+\.pictures\.json", "pictures file", None),  # elsewhere: the command that wrote it
+    (r"(?P<profile>[^/]+)/recipe/(?:.+/)?selection\.json", "recipe selection", "python -m dmlutils recipe --profile {profile}"),
+    (r"(?P<profile>[^/]+)/recipe/.+\.json", "run record", "python -m dmlutils recipe --profile {profile}"),
+    (r"(?P<profile>[^/]+)/study/(?P<loss>[^/]+)/selection\.json", "study selection", "python -m dmlutils study {loss} --profile {profile}"),
+    (r"(?P<profile>[^/]+)/study/(?P<loss>[^/]+)/[^/]+\.json", "run record", "python -m dmlutils study {loss} --profile {profile}"),
+    (r"(?P<profile>[^/]+)/study/[^/]+\.json", "run record", "python -m dmlutils study --profile {profile}"),
+    (r"(?P<profile>[^/]+)/tuned/(?P<loss>[^/]+)/seed_\d+\.json", "run record", "python -m dmlutils study {loss} --profile {profile}"),
+    (r"(?P<profile>[^/]+)/baseline/seed_(?P<seed>\d+)\.json", "run record", "python -m dmlutils baseline --profile {profile}{seed_option}"),
+    (r"(?P<profile>[^/]+)/(?P<name>[^/]+)/seed_(?P<seed>\d+)\.json", "run record",
+     "python -m dmlutils ablation {name} --profile {profile} --seed {seed}"),
+    (r"verify/(?P<profile>[^/]+)\.json", "verification report", "python -m dmlutils verify --profile {profile}"),
+)
+# What every file of a kind holds; a file without one of them cannot be read as its kind.
+REQUIRED_KEYS = {
+    "run record": ("profile", "profile_version", "config", "evaluations", "final"),
+    "study selection": ("profile_version", "scores", "chosen"),
+    "recipe selection": ("scores", "records", "chosen", "recipe"),
+    "verification report": ("checks", "passed"),
+    "pictures file": ("kind", "pictures_version", "queries", "map", "batch"),
+}
+PICTURES_SUFFIX = ".pictures.json"  # beside a record: what its run draws, not a record
+
+
+def is_pictures(path) -> bool:
+    return Path(path).name.endswith(PICTURES_SUFFIX)
+
+
+def _place(path) -> tuple[str, str | None]:
+    """(kind of file, the command that re-makes it, or None) of a record at `path`."""
+    text = Path(path).as_posix()
+    for pattern, kind, command in _REMAKE:
+        match = re.search(rf"(?:^|/){pattern}$", text)
+        if match is None:
+            continue
+        if command is None:
+            return kind, None
+        fields = match.groupdict()
+        fields["seed_option"] = f" --set seed={fields['seed']}" if fields.get("seed", "0") != "0" else ""
+        command = command.format(**fields)
+        results = text[: match.start()] or "."  # the results folder the pattern's tail sits in
+        if Path(results).resolve() != DEFAULT_RESULTS.resolve():
+            command += f" --results {results}"
+        return kind, command
+    return "run record", None
+
+
+def remake_command(path) -> str | None:
+    """The command that re-makes the record at `path` (run from the repository root), from
+    its place in the results layout (results/README.md); None for a place it does not know."""
+    return _place(path)[1]
+
+
+def _damaged(path, kind: str, problem: str) -> DamagedRecord:
+    command = remake_command(path)
+    lines = [f"Damaged {kind} {path}: {problem}."]
+    if command:
+        lines.append(f"Re-make it, from the repository root: {command}")
+    else:
+        lines.append("Re-make it with the command that wrote it (results/README.md lists the command of every kind of record).")
+    try:
+        committed = Path(path).resolve().relative_to(REPO_ROOT)
+    except ValueError:
+        committed = None
+    if committed is not None:
+        lines.append(f"If it is a committed record, this restores it instead: git checkout -- {committed.as_posix()}")
+    return DamagedRecord("\n".join(lines))
+
+
+def read_record(path) -> dict:
+    """The record (or selection, or verification report) at `path`, checked: a file that is
+    not JSON, or lacks a key every file of its kind has (`REQUIRED_KEYS`), raises
+    `DamagedRecord` naming the file, what is wrong and the command that re-makes it, never a
+    bare decoder error. (The engine writes a record once, finished and atomically; a file
+    without `final` was cut short or edited, not left by an interrupted run.)"""
+    kind = _place(path)[0]
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _damaged(path, kind, f"it is not UTF-8 text ({error})") from None
+    if not text.strip():
+        raise _damaged(path, kind, "it is empty")
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        if error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated"):
+            problem = f"it is not valid JSON: it stops mid-way after {len(data):,} bytes, truncated (the decoder: {error})"
+        else:
+            problem = f"it is not valid JSON (the decoder: {error})"
+        raise _damaged(path, kind, problem) from None
+    if not isinstance(record, dict):
+        raise _damaged(path, kind, f"it holds a JSON {type(record).__name__}, not an object")
+    missing = [key for key in REQUIRED_KEYS[kind] if key not in record]
+    if missing:
+        raise _damaged(path, kind, f"it lacks {', '.join(repr(k) for k in missing)} (every {kind} has {', '.join(REQUIRED_KEYS[kind])})")
+    return record
 
 
 def no_records_message(profile: str, folder) -> str:
@@ -58,7 +172,7 @@ def check_records_found(profile: str, results_dir=None) -> None:
     if profile not in SHIPPED_PROFILES + WARNED_PROFILES:
         return
     folder = Path(results_dir or DEFAULT_RESULTS) / profile
-    if load_records(profile, results_dir) or any(_finished(p) for p in folder.glob("*/seed_*.json")):
+    if load_records(profile, results_dir) or any(read_record(p) for p in folder.glob("*/seed_*.json") if not is_pictures(p)):
         return
     message = no_records_message(profile, folder)
     if profile in SHIPPED_PROFILES:
@@ -67,19 +181,15 @@ def check_records_found(profile: str, results_dir=None) -> None:
     print(f"{banner}\nWARNING: {message}\nThe tables show every row of this profile as 'not run'.\n{banner}", file=sys.stderr)
 
 
-def _finished(path: Path) -> bool:
-    return "final" in json.loads(Path(path).read_text())
-
-
 def load_records(profile: str, results_dir=None) -> dict[str, dict]:
-    """{record name: record} of every finished record of a profile (name = file stem)."""
+    """{record name: record} of every record of a profile (name = file stem); a damaged
+    one raises `DamagedRecord` (`read_record`)."""
     folder = Path(results_dir or DEFAULT_RESULTS) / profile
     records = {}
     for path in sorted(folder.glob("*.json")):
-        record = json.loads(path.read_text())
-        if "final" in record:  # an interrupted run has no final metrics: not a result yet
-            record["_path"] = str(path)
-            records[path.stem] = record
+        record = read_record(path)
+        record["_path"] = str(path)
+        records[path.stem] = record
     return records
 
 
@@ -112,12 +222,20 @@ def provenance(record: dict) -> str:
     )
 
 
-def load_study(profile: str, loss: str, results_dir=None) -> dict:
+def study_dir(results, profile: str, loss: str) -> Path:
+    """Where a loss's setting study keeps its records: `<results>/<profile>/study/<loss>/`
+    (the layout is the reader's; `dmlutils.studies` writes there)."""
+    return Path(results) / profile / "study" / loss
+
+
+def load_study(profile: str, loss: str, results_dir=None, candidates=None) -> dict:
     """A loss's setting study (dmlutils.studies): {"validation": {setting: record},
     "selection": the choice or None, "tuned": {seed: the chosen setting's test record} or
-    None}, each only if made under the profile's current version."""
-    from .studies import study, study_dir
+    None}, each only if made under the profile's current version.
 
+    `candidates`: the settings to read (the planner's, `dmlutils.studies.study(loss)`, as
+    `orchestration.ensure_studies` passes them); None reads every setting record the
+    study's folder holds. Reading takes them as data: it imports nothing of the planning."""
     results = Path(results_dir or DEFAULT_RESULTS)
     folder = study_dir(results, profile, loss)
 
@@ -125,11 +243,12 @@ def load_study(profile: str, loss: str, results_dir=None) -> dict:
         path = Path(path)
         if not path.exists():
             return None
-        record = json.loads(path.read_text())
-        finished = "final" in record or "chosen" in record
-        return record if finished and is_current(record, profile) else None
+        record = read_record(path)
+        return record if is_current(record, profile) else None
 
-    validation = {name: read(folder / f"{name}.json") for name in study(loss)}
+    if candidates is None:
+        candidates = [path.stem for path in sorted(folder.glob("*.json")) if path.name != "selection.json"]
+    validation = {name: read(folder / f"{name}.json") for name in candidates}
     selection = read(folder / "selection.json")
     tuned = {int(seed): read(results / path) for seed, path in (selection or {}).get("test_records", {}).items()}
     return {
@@ -139,35 +258,20 @@ def load_study(profile: str, loss: str, results_dir=None) -> dict:
     }
 
 
-def study_complete(study: dict, loss: str) -> bool:
-    """Whether a loaded study of `loss` chose among all of its candidates, by the current
-    criterion (a candidate added since, or another criterion, means choosing again), and
-    has a test record for every seed its choice names (a selection of an older layout,
-    without `test_records`, is not complete)."""
-    from .studies import CRITERION
-    from .studies import study as candidates
-
-    selection = study["selection"] or {}
-    wanted = selection.get("test_records")
-    chose_among_all = set(selection.get("scores", {})) == set(candidates(loss)) == set(study["validation"])
-    current = selection.get("criterion") == f"final validation {CRITERION}"
-    return bool(wanted) and chose_among_all and current and len(study["tuned"] or {}) == len(wanted)
-
-
-def load_studies(profile: str, losses, results_dir=None) -> dict[str, dict]:
-    """{loss: load_study(...)} of several losses' setting studies."""
-    return {loss: load_study(profile, loss, results_dir) for loss in losses}
+def load_studies(profile: str, losses, results_dir=None, candidates=None) -> dict[str, dict]:
+    """{loss: load_study(...)} of several losses' setting studies (`candidates`: {loss:
+    its settings}, as `load_study` takes them; None: what each folder holds)."""
+    return {loss: load_study(profile, loss, results_dir, (candidates or {}).get(loss)) for loss in losses}
 
 
 def load_validation_runs(profile: str, results_dir=None) -> dict[str, dict]:
-    """The baseline and the reference MS run on the studies' held-out classes (those that exist)."""
-    from .studies import REFERENCE, study_dir
-
+    """The runs beside the studies on their held-out classes, {name: record}: every record
+    at `<results>/<profile>/study/<name>.json` (the studies write the baseline and the
+    reference MS run there), those made under the profile's current version."""
     found = {}
-    for name in ("baseline", REFERENCE):
-        path = study_dir(Path(results_dir or DEFAULT_RESULTS), profile, name).with_suffix(".json")
-        if path.exists() and is_current(record := json.loads(path.read_text()), profile):
-            found[name] = record
+    for path in sorted((Path(results_dir or DEFAULT_RESULTS) / profile / "study").glob("*.json")):
+        if is_current(record := read_record(path), profile):
+            found[path.stem] = record
     return found
 
 

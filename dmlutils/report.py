@@ -349,7 +349,7 @@ def cpu_seconds(loaded: dict[str, dict[int, dict]]) -> dict:
     run shared; and the activation caches they share, each counted once (a cache is
     identified by the settings that build it; its build time is wall time). "measured" counts
     the records read by their CPU time, "records" all of them."""
-    from .cache import cache_settings
+    from .profiles import cache_settings
 
     runs, caches, measured, count = 0.0, {}, 0, 0
     for by_seed in loaded.values():

@@ -11,7 +11,6 @@ process is pinned to a single thread; `processes` says how many run at once.
 from __future__ import annotations
 
 import concurrent.futures as futures
-import json
 import multiprocessing
 import os
 import time
@@ -32,10 +31,16 @@ class Job:
 
 
 def finished(record_path) -> bool:
+    """Whether a job's record is there and readable; a damaged one is not: the job re-makes it."""
+    from .records import DamagedRecord, read_record
+
     path = Path(record_path)
     if not path.exists():
         return False
-    return "final" in json.loads(path.read_text())
+    try:
+        return "final" in read_record(path)
+    except DamagedRecord:
+        return False
 
 
 # Seconds per training step of 80 cached activations on one thread of this project's

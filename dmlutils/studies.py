@@ -26,6 +26,8 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
+from .records import study_dir  # noqa: F401  (re-exported: the layout is the reader's, and planning sits above reading)
+
 # Classes held out per profile: of CUB's 100 training classes the last 20 (labels 80-99);
 # the smoke profile's synthetic split has 10 and batches of 8 classes.
 VALIDATION_CLASSES = {"smoke": 2, "cpu": 20, "paper": 20}
@@ -99,10 +101,6 @@ def study(loss: str) -> dict[str, dict]:
     return STUDIES[loss]
 
 
-def study_dir(results, profile: str, loss: str) -> Path:
-    return Path(results) / profile / "study" / loss
-
-
 def tuned_record_path(results, profile: str, loss: str, seed: int = 0) -> Path:
     return Path(results) / profile / "tuned" / loss / f"seed_{seed}.json"
 
@@ -113,6 +111,18 @@ def tuned_seeds(loss: str, profile: str) -> tuple[int, ...]:
     from .manifest import declared_seeds, run
 
     return declared_seeds(run(loss), profile)
+
+
+def study_complete(loaded: dict, loss: str) -> bool:
+    """Whether a loaded study of `loss` (`records.load_study`) chose among all of its
+    candidates, by the current criterion (a candidate added since, or another criterion,
+    means choosing again), and has a test record for every seed its choice names (a
+    selection of an older layout, without `test_records`, is not complete)."""
+    selection = loaded["selection"] or {}
+    wanted = selection.get("test_records")
+    chose_among_all = set(selection.get("scores", {})) == set(study(loss)) == set(loaded["validation"])
+    current = selection.get("criterion") == f"final validation {CRITERION}"
+    return bool(wanted) and chose_among_all and current and len(loaded["tuned"] or {}) == len(wanted)
 
 
 def select(records: dict[str, dict]) -> tuple[str, dict[str, float]]:
@@ -136,7 +146,7 @@ def _held_out(profile: str, loss: str, overrides=None, extra_overrides=None) -> 
 def _valid(job) -> bool:
     from .manifest import valid_record
 
-    return valid_record(job.record_path, job.config) is not None
+    return valid_record(job.record_path, job.config, skip_damaged=True) is not None  # a damaged record is re-made
 
 
 def validation_jobs(losses, profile: str = "cpu", results="results", runs="runs", root=None, extra_overrides=None) -> list:
@@ -176,7 +186,7 @@ def choose(loss: str, profile: str = "cpu", results="results", runs="runs", root
     records = {}
     for name, overrides in settings.items():
         path = study_dir(results, profile, loss) / f"{name}.json"
-        records[name] = valid_record(path, _held_out(profile, loss, overrides, extra_overrides))
+        records[name] = valid_record(path, _held_out(profile, loss, overrides, extra_overrides))  # run_studies re-made a damaged one just before
         if records[name] is None:
             raise ValueError(f"the {loss} study has no finished run of {name!r} on validation classes ({path}): run_studies trains it")
     chosen, scores = select(records)
@@ -184,7 +194,7 @@ def choose(loss: str, profile: str = "cpu", results="results", runs="runs", root
     for seed in seeds or tuned_seeds(loss, profile):
         config = make_config(profile, loss, {**settings[chosen], **(extra_overrides or {}), "seed": seed})
         own = record_path(results, profile, loss, seed)
-        path = own if valid_record(own, config) else tuned_record_path(results, profile, loss, seed)
+        path = own if valid_record(own, config, skip_damaged=True) else tuned_record_path(results, profile, loss, seed)
         test_records[str(seed)] = str(path.relative_to(Path(results)))
         if path != own:
             jobs.append(Job(f"{loss} {chosen} seed {seed} (test)", config, path, Path(runs) / profile / "tuned" / loss / f"seed_{seed}", root=root))

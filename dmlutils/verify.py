@@ -147,5 +147,9 @@ def markdown(report: dict) -> str:
 
 
 def load_report(profile: str, results="results") -> dict | None:
+    """The last verification report of `profile`, or None; a damaged one raises
+    `records.DamagedRecord`, naming it and the command that re-makes it."""
+    from .records import read_record
+
     path = Path(results) / "verify" / f"{profile}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_record(path) if path.exists() else None

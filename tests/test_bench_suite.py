@@ -341,3 +341,18 @@ def test_the_books_benchmark_section_shows_every_report_and_the_plot(suite):
     for name in run_all.BENCHMARKS:
         assert any((out / f"{name}.md").read_text() in text for text in markdown), name
     assert len(images) == 1 and images[0].data == (out / "growth.png").read_bytes()
+
+
+def test_the_whole_backbone_report_derives_its_ratio_and_rate_from_its_own_times(suite):
+    _, _, reports = suite
+    report = reports["whole_backbone"]
+    assert "skipped" not in report, report.get("skipped")  # CI has the CUB copy
+    rows = report["report"]["precisions"]
+    assert rows[0]["amp"] == "off" and ("bf16" in [r["amp"] for r in rows]) == report["report"]["cpu_has_bf16"]
+    for row in rows:
+        assert row["overhead_ratio"] == pytest.approx(row["engine_seconds_per_step"] / row["bare_seconds_per_step"])
+        assert row["gflops_per_second"] == pytest.approx(row["gflop_per_step"] / row["engine_seconds_per_step"])
+    parallel = report["report"]["parallel"]
+    assert parallel["steps_per_minute_two_runs"] == pytest.approx(sum(60 / s for s in parallel["two_runs_one_thread_seconds_per_step"]))
+    assert parallel["faster"] == ("two runs side by side" if parallel["steps_per_minute_two_runs"] > parallel["steps_per_minute_one_run"]
+                                  else "one run on two threads")

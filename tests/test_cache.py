@@ -120,3 +120,39 @@ def test_the_cache_follows_the_images_not_their_folder(tmp_path):
 
     clear_fingerprint_cache()
     assert activation_cache_module.activation_cache_path(config, *engine.build_datasets(config, there)) != path_here
+
+
+def test_a_wrapped_data_set_is_keyed_by_its_images_too(tmp_path):
+    # A torch Subset has no fingerprint() and no root: keyed by its length alone, a Subset of
+    # other images of the same size reused a cache of the wrong activations.
+    import shutil
+
+    from PIL import Image
+    from torch.utils.data import Subset
+
+    from dmlutils.data.fingerprint import clear_fingerprint_cache
+
+    config = tiny_cpu_config()
+    here, there = tmp_path / "here", tmp_path / "there"
+    make_cub(here, classes_per_split=2, images_per_class=3)
+    shutil.copytree(here, there)
+
+    def path_of(root):
+        train, test = engine.build_datasets(config, root)
+        return activation_cache_module.activation_cache_path(config, Subset(train, range(4)), test)
+
+    assert path_of(there) == path_of(here)  # moved: the same images, the same cache
+    Image.new("RGB", (40, 40), (255, 0, 0)).save(sorted((there / "CUB_200_2011" / "images").rglob("*.jpg"))[0])
+    clear_fingerprint_cache()
+    assert path_of(there) != path_of(here)  # one image of the subset replaced: another cache
+
+    class Own(torch.utils.data.Dataset):  # of no form the fingerprint knows: keyed by its folder
+        def __init__(self, root):
+            self.root = root
+
+        def __len__(self):
+            return 4
+
+    train, test = engine.build_datasets(config, here)
+    assert (activation_cache_module.activation_cache_path(config, Own("a"), test)
+            != activation_cache_module.activation_cache_path(config, Own("b"), test))

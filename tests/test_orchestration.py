@@ -40,7 +40,7 @@ def test_ensure_studies_reads_a_finished_study_without_training(tmp_path, monkey
     monkeypatch.setitem(studies.STUDIES, "npair", {"default": {}})
     folder = tmp_path / "results" / "smoke"
     (folder / "study" / "npair").mkdir(parents=True)
-    final = {"final": {"recall@1": 0.5}, "evaluations": [], "profile_version": PROFILE_VERSIONS["smoke"]}
+    final = {"profile": "smoke", "config": {}, "final": {"recall@1": 0.5}, "evaluations": [], "profile_version": PROFILE_VERSIONS["smoke"]}
     (folder / "study" / "npair" / "default.json").write_text(json.dumps(final))
     (folder / "study" / "npair" / "selection.json").write_text(json.dumps({"chosen": "default", "criterion": f"final validation {studies.CRITERION}", "scores": {"default": 0.5}, "test_records": {"0": "smoke/npair.json"}, "profile_version": PROFILE_VERSIONS["smoke"]}))
     (folder / "npair.json").write_text(json.dumps(final))

@@ -46,6 +46,9 @@ def elsewhere(tmp_path, monkeypatch):
     folder.mkdir()
     monkeypatch.chdir(folder)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # The kernel imports this checkout's dmlutils: the environment's install may be another
+    # checkout's (a git worktree beside it), whose REPO_ROOT and code are not under test.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     return folder
 
 
@@ -53,7 +56,8 @@ def test_a_chapter_run_by_papermill_from_another_folder_reads_the_repositorys_re
     output = elsewhere / "A1.ipynb"
     run_papermill(REPO_ROOT / "notebooks" / "A1_environment_and_provenance.ipynb", output, profile="smoke", results_dir="results")
     shown = outputs_text(output)
-    committed = sorted(p.relative_to(REPO_ROOT / "results").as_posix() for p in (REPO_ROOT / "results" / "cpu").glob("*/seed_*.json"))
+    committed = sorted(p.relative_to(REPO_ROOT / "results").as_posix() for p in (REPO_ROOT / "results" / "cpu").glob("*/seed_*.json")
+                       if not p.name.endswith(".pictures.json"))  # what a run draws: not a record A1 lists
     assert committed, "the repository's cpu records are what this test looks for"
     # results_dir="results" was read as <repository>/results, not <here>/results
     assert "No run records under" not in shown
@@ -104,3 +108,15 @@ def test_chapters_with_path_parameters_move_to_the_repository_before_using_them(
     opening = later[0].split("work_in_repository()", 1)
     assert len(opening) == 2, f"{notebook.name}: call work_in_repository() in the cell after the parameters"
     assert "results_dir" not in opening[0] and "data_root" not in opening[0]
+
+
+def test_a_chapter_that_meets_a_damaged_record_names_it_and_the_command_not_a_decoder_error(elsewhere):
+    results = elsewhere / "my_results"
+    damaged = results / "cpu" / "triplet" / "seed_0.json"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes((REPO_ROOT / "results" / "cpu" / "triplet" / "seed_0.json").read_bytes()[:300])  # a copy cut short
+    with pytest.raises(PapermillExecutionError) as error:
+        run_papermill(REPO_ROOT / "notebooks" / "07_main_table.ipynb", elsewhere / "07.ipynb", profile="cpu", results_dir=str(results))
+    assert error.value.ename == "DamagedRecord", (error.value.ename, error.value.evalue)
+    assert f"{damaged}: it is not valid JSON" in error.value.evalue and "truncated" in error.value.evalue
+    assert f"python -m dmlutils ablation triplet --profile cpu --seed 0 --results {results}" in error.value.evalue

@@ -150,7 +150,7 @@ def test_findings_read_each_lead_against_the_winners_seed_spread():
 
 def test_the_cpu_full_study_starts_from_the_cpu_full_profile_and_its_candidates_are_valid_configs():
     study = recipe.get_study("cpu_full")
-    assert study.profile == "cpu_full" and study.cost_key == "run_minutes" and study.budget == recipe.FULL_BUDGET_MINUTES
+    assert study.profile == "cpu_full" and study.cost_key == "run_minutes_two_cores" and study.budget == recipe.FULL_BUDGET_MINUTES
     profile = PROFILES["cpu_full"]
     assert all(profile[k] == v for k, v in recipe.FULL_BASE.items() if k != "eval_every")  # version 1 is the study's start
     for stage, _, candidates in study.stages:

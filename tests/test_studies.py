@@ -127,7 +127,8 @@ def test_the_choice_runs_with_the_seeds_of_the_losses_own_runs_and_reuses_them_p
     selection = studies.run_study("npair", "smoke", results, tmp_path / "runs", progress=False, extra_overrides=short, seeds=(0, 1))
     assert selection["test_records"] == {"0": "smoke/tuned/npair/seed_0.json", "1": "smoke/npair/seed_1.json"}
     assert own.stat().st_mtime_ns == stamp and not (results / "smoke" / "tuned" / "npair" / "seed_1.json").exists()
-    from dmlutils.records import load_study, study_complete
+    from dmlutils.records import load_study
+    from dmlutils.studies import study_complete
 
     loaded = load_study("smoke", "npair", results)
     assert {s: r["seed"] for s, r in loaded["tuned"].items()} == {0: 0, 1: 1} and study_complete(loaded, "npair")

@@ -128,30 +128,26 @@ def _image_entries(dataset) -> tuple[str, str, list[str]]:
     return name, str(getattr(dataset, "split", "")), lines
 
 
+def _generated(dataset) -> bool:
+    """Whether a data set is generated from parameters (the synthetic set): it names them in
+    `generation_parameters()`. Asked of the data set, not found by its class, so this module
+    imports none of the data sets (they call it: importing one back would close a circle)."""
+    return callable(getattr(dataset, "generation_parameters", None))
+
+
 def _synthetic_entries(dataset) -> tuple[str, str, list[str]]:
     """The synthetic set is a function of its parameters: they are its image list."""
-    parameters = {
-        "version": getattr(dataset, "version", 1),
-        "classes": list(dataset._global_classes),
-        "images_per_class": dataset.images_per_class,
-        "image_size": dataset.image_size,
-        "noise_std": dataset.noise_std,
-        "max_shift": dataset.max_shift,
-        "seed": dataset.seed,
-    }
-    return "synthetic", dataset.split, [json.dumps(parameters, sort_keys=True)]
+    return "synthetic", dataset.split, [json.dumps(dataset.generation_parameters(), sort_keys=True)]
 
 
 def _entries(dataset) -> tuple[str, str, list[str]]:
     """(name, split, per-image lines) of a data set, a ClassSubset or a torch Subset of one."""
-    from .synthetic import SyntheticDataset
-
     if hasattr(dataset, "dataset") and hasattr(dataset, "indices"):  # ClassSubset, torch.utils.data.Subset
         name, split, lines = _entries(dataset.dataset)
-        if isinstance(dataset.dataset, SyntheticDataset):  # one line of parameters, not one per image
+        if _generated(dataset.dataset):  # one line of parameters, not one per image
             return name, split, lines + [json.dumps({"indices": [int(i) for i in dataset.indices]})]
         return name, split, [lines[int(i)] for i in dataset.indices]
-    if isinstance(dataset, SyntheticDataset):
+    if _generated(dataset):
         return _synthetic_entries(dataset)
     if hasattr(dataset, "paths") and hasattr(dataset, "root"):
         key = (type(dataset).__qualname__, str(Path(dataset.root).resolve()), getattr(dataset, "split", None),
@@ -165,7 +161,8 @@ def _entries(dataset) -> tuple[str, str, list[str]]:
         return cached
     raise TypeError(
         f"cannot fingerprint {type(dataset).__name__}: expected an image-list data set (with `paths`, "
-        "`labels`, `classes` and `root`), SyntheticDataset, or a subset of one (`dataset` and `indices`)."
+        "`labels`, `classes` and `root`), a generated one (with `generation_parameters()`, e.g. SyntheticDataset), "
+        "or a subset of one (`dataset` and `indices`)."
     )
 
 

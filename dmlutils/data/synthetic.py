@@ -102,6 +102,19 @@ class SyntheticDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def generation_parameters(self) -> dict:
+        """Everything that generates the pixels: the fingerprint hashes these instead of images
+        (:func:`dmlutils.data.data_fingerprint`; change a key and every record's data fingerprint changes)."""
+        return {
+            "version": self.version,
+            "classes": list(self._global_classes),
+            "images_per_class": self.images_per_class,
+            "image_size": self.image_size,
+            "noise_std": self.noise_std,
+            "max_shift": self.max_shift,
+            "seed": self.seed,
+        }
+
     def fingerprint(self) -> dict:
         """A fingerprint of the generation parameters (:func:`dmlutils.data.data_fingerprint`)."""
         from .fingerprint import data_fingerprint

@@ -37,8 +37,9 @@ from .evaluation import test_metrics
 from .sources import make_source
 
 
-class RunInterrupted(Exception):
-    """Training stopped by Ctrl-C or SIGTERM after a checkpoint was written at `step`."""
+class RunInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C or SIGTERM after a checkpoint was written at `step` (a
+    KeyboardInterrupt: what stops a notebook cell or a batch of runs stops there too)."""
 
     def __init__(self, run_dir: Path, step: int):
         self.run_dir, self.step = Path(run_dir), step

@@ -1,0 +1,163 @@
+"""The cpu_full profile's step: every block of EfficientNet-Lite0 fine-tuned on decoded images.
+
+    python benchmarks/bench_whole_backbone.py --out /tmp/whole_backbone.json [--small] [--threads 2]
+
+Each measurement runs the engine's own code (`engine.loop.build_run` builds the model, the
+loss, Adam over the engine's parameter groups and the `DecodedImageSource` of a CUB
+subset of 16 training classes, decoded once into memory):
+
+1. for float32 and, where the CPU has bfloat16 instructions, bf16 autocast (`amp`):
+   * the bare step: forward + loss + backward + Adam on one batch of 80 images already in
+     memory, timed call by call;
+   * the engine's step: the same, fed by the source (the batch's random crops and flips on
+     its uint8 tensors, normalisation, channels-last copy), timed from the end of one step
+     to the end of the next, in the same process right after the bare step;
+   * their ratio (the engine's overhead; the goal is at most 1.10), GFLOP per step (3 x
+     the forward's FLOPs, counted by torch) and GFLOP/s;
+   * one evaluation pass over the decoded test images of the subset (inference mode):
+     seconds per image;
+2. one run on both threads against two runs side by side on one thread each (the bare
+   float32 step in two processes started together): which finishes the study's runs sooner.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import forward_flops, time_calls, time_loop, write_json_atomically  # noqa: E402
+from engine_steps import training_step  # noqa: E402
+
+import torch  # noqa: E402
+
+from dmlutils import distributed, engine  # noqa: E402
+from dmlutils.profiles import make_config  # noqa: E402
+
+FULL = {"max_classes": 16}  # 16 classes x 5 images per batch, as the profile; decoded in seconds
+SMALL = {"max_classes": 4, "p": 4, "k": 2, "image_size": 64, "resize_size": 72}
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bfloat16 natively (AVX-512 BF16 or AMX), read from /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def build(overrides: dict, root=None):
+    config = make_config("cpu_full", "multi_similarity", overrides)
+    run = engine.loop.build_run(config, distributed.setup_from_env("cpu"), root, progress=False)
+    return config, run
+
+
+def median(times: list[float]) -> float:
+    return statistics.median(times)
+
+
+def time_precision(amp: str, size: dict, steps: int, warmup: int, root=None) -> dict:
+    config, run = build({**size, "amp": amp}, root)
+    x, y = next(iter(run.source.batches(run.sampler, 0, 1)))
+    gflop = 3 * forward_flops(run.model.eval(), x) / 1e9
+    run.trained.train()
+    step = training_step(run.trained, run.loss_fn, run.optimizer, config)
+    bare = median(time_calls(lambda: step(x, y), steps, warmup))
+    fed = median(time_loop(run.source.batches(run.sampler, 1, warmup + steps), step, warmup))
+    eval_times = time_calls(lambda: run.source.embed_evaluation_set(run.model), 1, 0)
+    return {"amp": amp, "threads": torch.get_num_threads(), "batch": len(y), "image_size": config["image_size"],
+            "bare_seconds_per_step": bare, "engine_seconds_per_step": fed, "overhead_ratio": fed / bare,
+            "gflop_per_step": gflop, "gflops_per_second": gflop / fed,
+            "eval_images": len(run.eval_set), "eval_seconds_per_image": eval_times[0] / len(run.eval_set)}
+
+
+def _bare_step_seconds(size: dict, steps: int, warmup: int, threads: int, root, start=None, results=None) -> float:
+    torch.set_num_threads(threads)
+    config, run = build(size, root)
+    x, y = next(iter(run.source.batches(run.sampler, 0, 1)))
+    run.trained.train()
+    step = training_step(run.trained, run.loss_fn, run.optimizer, config)
+    if start is not None:
+        start.wait()
+    seconds = median(time_calls(lambda: step(x, y), steps, warmup))
+    if results is not None:
+        results.put(seconds)
+    return seconds
+
+
+def one_or_two_runs(size: dict, steps: int, warmup: int, root=None) -> dict:
+    """Steps per minute of the machine: one run on two threads, or two runs on one thread each."""
+    alone = _bare_step_seconds(size, steps, warmup, 2, root)
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(2), context.Queue()
+    twins = [context.Process(target=_bare_step_seconds, args=(size, steps, warmup, 1, root, start, results)) for _ in range(2)]
+    for twin in twins:
+        twin.start()
+    both = [results.get(timeout=3600) for _ in twins]
+    for twin in twins:
+        twin.join()
+    one, two = 60 / alone, sum(60 / s for s in both)
+    return {"one_run_two_threads_seconds_per_step": alone, "two_runs_one_thread_seconds_per_step": both,
+            "steps_per_minute_one_run": one, "steps_per_minute_two_runs": two,
+            "faster": "one run on two threads" if one >= two else "two runs side by side"}
+
+
+def run(small: bool, steps: int, warmup: int, root=None) -> dict:
+    size = SMALL if small else FULL
+    precisions = ["off", "bf16"] if cpu_has_bf16() else ["off"]
+    rows = []
+    for amp in precisions:
+        print(f"  whole-backbone step, amp={amp}", file=sys.stderr)
+        rows.append(time_precision(amp, size, steps, warmup, root))
+    print("  one run on two threads against two runs on one thread each", file=sys.stderr)
+    return {"benchmark": "the cpu_full profile's whole-backbone step on decoded images", "small": small,
+            "settings": size, "cpu_has_bf16": cpu_has_bf16(), "precisions": rows,
+            "parallel": one_or_two_runs(size, max(1, steps // 2), min(warmup, 1), root)}
+
+
+def markdown(report: dict) -> str:
+    lines = ["| amp | threads | bare step (s) | engine step (s) | overhead | GFLOP / step | GFLOP/s | eval s / image |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["precisions"]:
+        lines.append(f"| {r['amp']} | {r['threads']} | {r['bare_seconds_per_step']:.2f} | {r['engine_seconds_per_step']:.2f} | "
+                     f"{r['overhead_ratio']:.2f}x | {r['gflop_per_step']:.0f} | {r['gflops_per_second']:.1f} | "
+                     f"{r['eval_seconds_per_image']:.4f} |")
+    first = report["precisions"][0]
+    p = report["parallel"]
+    lines += ["", f"Batches of {first['batch']} images at {first['image_size']} px. *Bare step*: forward + loss + backward + Adam on "
+              "one batch already in memory; *engine step*: the same fed by the engine's decoded-images source (random crops "
+              "and flips of the batch's uint8 tensors, normalisation), timed in the same process; *overhead* is their ratio "
+              "(goal: at most 1.10x). GFLOP per step is three times the forward's count. "
+              + ("The CPU has bfloat16 instructions, so bf16 autocast is measured beside float32." if report["cpu_has_bf16"]
+                 else "The CPU has no bfloat16 instructions: float32 only."),
+              "", f"One run on two threads: {p['one_run_two_threads_seconds_per_step']:.2f} s per step "
+              f"({p['steps_per_minute_one_run']:.1f} steps a minute); two runs side by side on one thread each: "
+              + " and ".join(f"{s:.2f}" for s in p["two_runs_one_thread_seconds_per_step"])
+              + f" s per step ({p['steps_per_minute_two_runs']:.1f} steps a minute together). Faster: {p['faster']}."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--small", action="store_true", help="a tiny subset at 64 px, one timed step: checks the code path")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--root", default=None, help="data root (default: $DML_DATA, else ./data)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.small:
+        args.steps, args.warmup = 1, 0
+    report = run(args.small, args.steps, args.warmup, args.root)
+    print(markdown(report))
+    if args.out:
+        write_json_atomically(args.out, report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
