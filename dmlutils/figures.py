@@ -43,10 +43,12 @@ class PicturesNotFound(FileNotFoundError):
 def make_command(profile: str, name: str, seed: int = 0, results_dir="results") -> str:
     """The command that writes the pictures of run `name`, seed `seed`: its run when there
     is no record yet, else a verified re-run that leaves pictures beside the record."""
+    from .records import remake_command
+
     record = Path(results_dir) / profile / name / f"seed_{seed}.json"
-    results = "" if Path(results_dir) == Path("results") else f" --results {results_dir}"
     if record.is_file():
-        return f"python -m dmlutils verify --profile {profile} --pictures --runs {name}:{seed}{results}"
+        return remake_command(pictures_path(record))
+    results = "" if Path(results_dir) == Path("results") else f" --results {results_dir}"
     if name == "baseline":
         return f"python -m dmlutils baseline --profile {profile}{results}"
     return f"python -m dmlutils ablation {name} --profile {profile} --seed {seed}{results}"
