@@ -16,11 +16,13 @@ every profile on the CUB test split):
 
 Images are named by their path inside the data set's folder (e.g.
 `images/200.Common_Yellowthroat/Common_Yellowthroat_0003_190521.jpg`), never by a machine
-path; a chapter finds them under its data root. Numbers are rounded to 4 decimals (3 for
-the map), which keeps a file near 300 KB.
+path; a chapter finds them under its data root. Similarities are rounded to 4 decimals,
+weights to 3, map coordinates to 2, and the file is written without indentation: about
+250 KB for the CUB test split.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -71,7 +73,7 @@ def image_ids(dataset, indices) -> list[str]:
     return [Path(os.path.relpath(base.paths[i], root)).as_posix() if root else Path(base.paths[i]).name for i in positions]
 
 
-def _rounded(array, digits: int = 4) -> list:
+def _rounded(array, digits: int = 3) -> list:
     return np.round(np.asarray(array, dtype=np.float64), digits).tolist()
 
 
@@ -103,7 +105,8 @@ def batch_weights(loss, batch_embeddings: torch.Tensor, labels) -> dict:
         W = loss.pair_weights(S, labels)
     except (NotImplementedError, AttributeError, TypeError):
         W = None  # not a function of S alone (triplet-center's class centres)
-    return {"similarity": _rounded(S), "weights": None if W is None else _rounded(W.detach())}
+    # S to 4 decimals: mining compares similarities within a margin, and W follows from S
+    return {"similarity": _rounded(S, 4), "weights": None if W is None else _rounded(W.detach(), 3)}
 
 
 def make_pictures(record: dict, eval_set, final_embeddings: torch.Tensor, start_batch: torch.Tensor | None, loss,
@@ -138,7 +141,7 @@ def make_pictures(record: dict, eval_set, final_embeddings: torch.Tensor, start_
             "neighbour_labels": labels[hits].tolist(),
             "similarity": _rounded(similarity),
         },
-        "map": {"method": MAP_METHOD, "x": _rounded(coordinates[:, 0], 3), "y": _rounded(coordinates[:, 1], 3), "label": labels.tolist()},
+        "map": {"method": MAP_METHOD, "x": _rounded(coordinates[:, 0], 2), "y": _rounded(coordinates[:, 1], 2), "label": labels.tolist()},
         "batch": {
             "index": batch.tolist(),
             "label": labels[batch].tolist(),
@@ -150,10 +153,13 @@ def make_pictures(record: dict, eval_set, final_embeddings: torch.Tensor, start_
 
 
 def write_pictures(record_path, pictures: dict) -> Path:
-    from .provenance import write_json
+    """Write a run's pictures beside its record, atomically and without indentation (one
+    number per line would triple the file)."""
+    from .provenance import _jsonable, atomic_write_bytes
 
     path = pictures_path(record_path)
-    write_json(path, pictures)
+    text = json.dumps(pictures, separators=(",", ":"), default=_jsonable) + "\n"
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
     return path
 
 

@@ -66,7 +66,7 @@ def compare(committed: dict, rerun: dict, tolerance: float, identical_expected: 
 def verify(profile: str = "cpu", specs=DEFAULT_RUNS, results="results", root=None, tolerance: float = TOLERANCE,
            fresh_cache: bool = False, report_dir=None, echo=print, pictures: bool = False) -> dict:
     from . import engine, manifest
-    from .pictures import pictures_path
+    from .pictures import pictures_path, write_pictures
     from .provenance import atomic_write_bytes
 
     checks = []
@@ -98,7 +98,7 @@ def verify(profile: str = "cpu", specs=DEFAULT_RUNS, results="results", root=Non
                     kept = json.loads(pictures_path(drawn).read_text())
                     kept["verified"] = {"record_git": committed["git"], "verdict": result["verdict"],
                                         "largest_difference": result["largest_difference"]}
-                    engine.write_json(pictures_path(path), kept)
+                    write_pictures(path, kept)
                     echo(f"pictures of the re-run ({result['verdict']}) written to {pictures_path(path)}")
                 checks.append({"record": f"{name} seed {seed}", "path": str(Path(path).relative_to(results)) if Path(path).is_relative_to(results) else str(path),
                                "same_machine": expected, "rerun_seconds": rerun.get("wall_time_seconds"), **result})

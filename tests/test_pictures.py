@@ -78,3 +78,11 @@ def test_a_damaged_pictures_file_names_itself_and_the_fix(tmp_path):
     path.write_text('{"kind": "pict')
     with pytest.raises(ValueError, match="(?s)Damaged pictures file .*seed_0.pictures.json.*verify --profile .* --pictures --runs"):
         pictures.read_pictures(path)
+
+
+def test_a_pictures_file_is_compact(smoke_pictures):
+    _, drawn, out = smoke_pictures
+    text = (out / "seed_0.pictures.json").read_text()
+    assert "\n " not in text and len(text.splitlines()) == 1  # no indentation: one number per line would triple it
+    assert all(round(v, 4) == v for v in drawn["batch"]["states"][0]["similarity"][0])
+    assert all(round(v, 2) == v for v in drawn["map"]["x"])
