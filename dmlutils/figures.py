@@ -426,7 +426,7 @@ def weight_maps(panels: dict[str, tuple[np.ndarray, np.ndarray]]) -> Drawing:
 def similarity_and_weights(pictures: dict) -> Drawing:
     """Each pair's weight against its similarity, at every stored state of the file's batch
     (iteration 0 and the end): positives blue, negatives red; hollow, the pairs of weight 0 in
-    the file (those mining dropped, and any whose weight rounds to 0 at the file's 4 decimals)."""
+    the file (those mining dropped, and any whose weight rounds to 0 at the file's precision)."""
     import matplotlib.pyplot as plt
 
     n_states = len(pictures["batch"]["states"])
