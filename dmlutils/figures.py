@@ -440,7 +440,7 @@ def similarity_and_weights(pictures: dict) -> Drawing:
             kept = mask & (W != 0)
             ax.scatter(S[kept], W[kept], s=7, color=colour, alpha=0.6, linewidths=0, label=f"{name}, weighted")
             ax.scatter(S[mask & (W == 0)], W[mask & (W == 0)], s=7, facecolor="none", edgecolor=colour, alpha=0.35,
-                       linewidths=0.5, label=f"{name}, weight 0")
+                       linewidths=0.5, label=f"{name}, weight 0 in the file")
         ax.axhline(0, color="black", lw=0.6)
         ax.set_title(f"iteration {iteration}", fontsize=9)
         ax.set_xlabel("similarity $S_{ij}$", fontsize=8)
