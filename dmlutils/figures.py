@@ -26,7 +26,8 @@ import numpy as np
 from .pictures import pictures_path, read_pictures
 
 RIGHT, WRONG = "#1a9641", "#d7191c"  # frame of a neighbour of the query's class / of another class
-PAGE_WIDTH = 9.0  # inches: the book's text column at 120 dpi
+PAGE_WIDTH = 9.0  # inches at 120 dpi: the book's text column (about 680 px) shows it at 0.6 of its size,
+TEXT, SMALL = 13, 11  # so its text is set large: 13 pt reads as about 12 px there
 QUERIES_SHOWN = 6
 CLASSES_SHOWN = 10
 # tab10 without its grey (the other classes are grey), and black: ten colours told apart on a page
@@ -250,7 +251,7 @@ def _draw_tile(ax, image, tile: Tile, caption: str | None = None) -> None:
         spine.set_edgecolor(colour)
         spine.set_linewidth(1 if tile.correct is None else 3.5)
     if caption:
-        ax.set_xlabel(textwrap.fill(caption, 15), fontsize=7, labelpad=2)
+        ax.set_xlabel(textwrap.fill(caption, 10), fontsize=SMALL, labelpad=2, linespacing=1.0)
 
 
 def _missing_images(what: str, data_root) -> Drawing:
@@ -283,15 +284,17 @@ def retrieval_grid(panels: dict[str, dict], positions=None, data_root=None) -> D
     except ImagesNotFound:
         return _missing_images("the retrieval grid", data_root)
     titles, n_neighbours = list(panels), len(first["queries"]["neighbours"][0])
-    gap = 0.3  # between the blocks of two queries, in tile heights
+    gap = 0.35  # between the blocks of two queries, in tile heights
     heights = []
     for block in range(len(positions)):
         heights += [1.0] * len(titles) + ([gap] if block < len(positions) - 1 else [])
-    widths = [1.0, 0.35] + [1.0] * n_neighbours
+    widths = [1.1, 0.3] + [1.0] * n_neighbours
     unit = PAGE_WIDTH / sum(widths)
-    fig = plt.figure(figsize=(PAGE_WIDTH, unit * (sum(heights) + 0.6)))
+    above, below = 0.45, 0.6  # column titles; the last query's caption
+    height = sum(heights) + above + below
+    fig = plt.figure(figsize=(PAGE_WIDTH, unit * height))
     grid = fig.add_gridspec(len(heights), len(widths), height_ratios=heights, width_ratios=widths,
-                            wspace=0.06, hspace=0.06, left=0.01, right=0.99, top=1 - 0.35 / (sum(heights) + 0.6), bottom=0.01)
+                            wspace=0.06, hspace=0.06, left=0.01, right=0.99, top=1 - above / height, bottom=below / height)
     tiles = []
     for block, position in enumerate(positions):
         top = block * (len(titles) + 1)
@@ -306,11 +309,11 @@ def retrieval_grid(panels: dict[str, dict], positions=None, data_root=None) -> D
                 ax = fig.add_subplot(grid[top + offset, tile.column + 1])
                 _draw_tile(ax, read(tile.index), tile)
                 if tile.column == 1:
-                    ax.set_ylabel(title, fontsize=8, labelpad=3)
+                    ax.set_ylabel(title, fontsize=TEXT, labelpad=3)
                 if block == 0 and offset == 0:
-                    ax.set_title(f"{tile.column}", fontsize=8, pad=3)
+                    ax.set_title(f"{tile.column}", fontsize=TEXT, pad=4)
                 tiles.append(tile)
-    fig.text(0.01 + 0.5 * unit / PAGE_WIDTH, 1 - 0.12 / (sum(heights) + 0.6), "query", ha="center", va="top", fontsize=8)
+    fig.text(0.01 + 0.55 * unit / PAGE_WIDTH, 1 - 0.08 / height, "query", ha="center", va="top", fontsize=TEXT)
     return Drawing(fig, tiles)
 
 
@@ -329,7 +332,7 @@ def failure_gallery(pictures: dict, title: str = "Multi-Similarity", limit: int 
     n_neighbours = len(pictures["queries"]["neighbours"][0])
     widths = [1.0, 0.15] + [1.0] * n_neighbours
     unit = PAGE_WIDTH / sum(widths)
-    row_height, above, below = 1.45, 0.3, 0.4  # a row: a tile and its two-line caption; in tile sides
+    row_height, above, below = 1.75, 0.4, 0.8  # a row: a tile and its caption of up to three lines; in tile sides
     height = row_height * len(wrong) - (row_height - 1) + above + below
     fig = plt.figure(figsize=(PAGE_WIDTH, unit * height))
     grid = fig.add_gridspec(len(wrong), len(widths), width_ratios=widths, wspace=0.06, hspace=row_height - 1,
@@ -341,7 +344,7 @@ def failure_gallery(pictures: dict, title: str = "Multi-Similarity", limit: int 
             caption = class_name(pictures, tile.label) if tile.correct is not True else None
             _draw_tile(ax, read(tile.index), tile, caption)
             if row == 0:
-                ax.set_title("query" if tile.column == 0 else f"{tile.column}", fontsize=8, pad=3)
+                ax.set_title("query" if tile.column == 0 else f"{tile.column}", fontsize=TEXT, pad=4)
             tiles.append(tile)
     return Drawing(fig, tiles)
 
@@ -364,25 +367,29 @@ def embedding_maps(panels: dict[str, dict], n_classes: int = CLASSES_SHOWN) -> D
     if len(classes) > len(CLASS_COLOURS):
         raise ValueError(f"a map colours at most {len(CLASS_COLOURS)} classes, not {len(classes)}")
     colours = CLASS_COLOURS[: len(classes)]
-    legend_rows = -(-len(classes) // 5)
-    fig, axes = plt.subplots(1, len(panels), figsize=(PAGE_WIDTH, PAGE_WIDTH / len(panels) + 0.3 + 0.18 * legend_rows),
+    legend_rows = -(-len(classes) // 3)
+    fig, axes = plt.subplots(1, len(panels), figsize=(PAGE_WIDTH, PAGE_WIDTH / len(panels) + 0.6 + 0.3 * legend_rows),
                              squeeze=False, layout="constrained")
+    methods = {pictures["map"]["method"] for pictures in panels.values()}
+    shared_method = len(methods) == 1
+    if shared_method:  # one title for both maps
+        fig.suptitle(methods.pop(), fontsize=SMALL)
     values = {}
     for ax, (title, pictures) in zip(axes[0], panels.items()):
         m = pictures["map"]
         x, y, labels = np.asarray(m["x"]), np.asarray(m["y"]), np.asarray(m["label"])
         grey = ~np.isin(labels, classes)
-        ax.scatter(x[grey], y[grey], s=4, color="#d9d9d9", linewidths=0, rasterized=True)
+        ax.scatter(x[grey], y[grey], s=5, color="#d9d9d9", linewidths=0, rasterized=True)
         for colour, label in zip(colours, classes):
             mine = labels == label
-            ax.scatter(x[mine], y[mine], s=11, color=colour, linewidths=0, label=class_name(first, label))
-        ax.set_title(f"{title}\n" + "\n".join(textwrap.wrap(m["method"], 48)), fontsize=8)
+            ax.scatter(x[mine], y[mine], s=16, color=colour, linewidths=0, label=class_name(first, label))
+        ax.set_title(title if shared_method else f"{title}\n" + textwrap.fill(m["method"], 40), fontsize=TEXT if shared_method else SMALL)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_aspect("equal", adjustable="datalim")
         values[title] = np.stack([x, y], axis=1)
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncols=min(5, len(classes)), fontsize=8, markerscale=1.8, frameon=False)
+    fig.legend(handles, names, loc="outside lower center", ncols=min(3, len(classes)), fontsize=SMALL, markerscale=1.8, frameon=False)
     return Drawing(fig, values={"classes": classes, **values})
 
 
@@ -413,13 +420,15 @@ def weight_maps(panels: dict[str, tuple[np.ndarray, np.ndarray]]) -> Drawing:
         for edge in np.flatnonzero(np.diff(labels)) + 0.5:
             ax.axhline(edge, color="#bdbdbd", lw=0.4)
             ax.axvline(edge, color="#bdbdbd", lw=0.4)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("pair j", fontsize=8)
-        ax.set_ylabel("anchor i", fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.set_title(title, fontsize=TEXT)
+        ax.set_xlabel("pair j", fontsize=SMALL)
+        ax.set_ylabel("anchor i", fontsize=SMALL)
+        ax.tick_params(labelsize=SMALL)
         ax.grid(False)
         values[title] = weights
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label=r"$w_{ij}$ ($w^+$ > 0, $-w^-$ < 0)")
+    bar = fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    bar.set_label(r"$w_{ij}$ ($w^+$ > 0, $-w^-$ < 0)", fontsize=SMALL)
+    bar.ax.tick_params(labelsize=SMALL)
     return Drawing(fig, values=values)
 
 
@@ -430,7 +439,7 @@ def similarity_and_weights(pictures: dict) -> Drawing:
     import matplotlib.pyplot as plt
 
     n_states = len(pictures["batch"]["states"])
-    fig, axes = plt.subplots(1, n_states, figsize=(PAGE_WIDTH, 3.8), squeeze=False, sharey=True, layout="constrained")
+    fig, axes = plt.subplots(1, n_states, figsize=(PAGE_WIDTH, 4.6), squeeze=False, sharey=True, layout="constrained")
     values = {}
     for state, ax in enumerate(axes[0]):
         S, W, labels, iteration = batch_weights(pictures, state)
@@ -438,15 +447,15 @@ def similarity_and_weights(pictures: dict) -> Drawing:
         same = (labels[:, None] == labels[None, :]) & off_diagonal
         for mask, colour, name in ((same, "tab:blue", "positive pairs"), (~same & off_diagonal, "tab:red", "negative pairs")):
             kept = mask & (W != 0)
-            ax.scatter(S[kept], W[kept], s=7, color=colour, alpha=0.6, linewidths=0, label=f"{name}, weighted")
-            ax.scatter(S[mask & (W == 0)], W[mask & (W == 0)], s=7, facecolor="none", edgecolor=colour, alpha=0.35,
+            ax.scatter(S[kept], W[kept], s=10, color=colour, alpha=0.6, linewidths=0, label=f"{name}, weighted")
+            ax.scatter(S[mask & (W == 0)], W[mask & (W == 0)], s=10, facecolor="none", edgecolor=colour, alpha=0.35,
                        linewidths=0.5, label=f"{name}, weight 0 in the file")
         ax.axhline(0, color="black", lw=0.6)
-        ax.set_title(f"iteration {iteration}", fontsize=9)
-        ax.set_xlabel("similarity $S_{ij}$", fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.set_title(f"iteration {iteration}", fontsize=TEXT)
+        ax.set_xlabel("similarity $S_{ij}$", fontsize=SMALL)
+        ax.tick_params(labelsize=SMALL)
         values[f"iteration {iteration}"] = (S, W)
-    axes[0][0].set_ylabel(r"$w_{ij}$ ($w^+$ > 0, $-w^-$ < 0)", fontsize=8)
+    axes[0][0].set_ylabel(r"$w_{ij}$ ($w^+$ > 0, $-w^-$ < 0)", fontsize=SMALL)
     handles, names = axes[0][-1].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncols=4, fontsize=7, markerscale=1.5, frameon=False)
+    fig.legend(handles, names, loc="outside lower center", ncols=2, fontsize=SMALL, markerscale=1.8, frameon=False)
     return Drawing(fig, values=values)

@@ -182,10 +182,13 @@ def test_maps_draw_the_files_coordinates_with_its_classes(drawn_files):
     ms = drawn_files["Multi-Similarity"]
     assert drawing.values["classes"] == ms["queries"]["label"][:4]
     ax = drawing.figure.axes[1]
-    assert "t-SNE" in ax.get_title() and ax.get_title().startswith("Multi-Similarity")
+    assert ax.get_title() == "Multi-Similarity" and drawing.figure.get_suptitle() == ms["map"]["method"]  # one method, one title
     labels = np.asarray(ms["map"]["label"])
     for collection, label in zip(ax.collections[1:], drawing.values["classes"]):
         assert np.array_equal(collection.get_offsets(), np.stack([ms["map"]["x"], ms["map"]["y"]], 1)[labels == label])
+    other = dict(ms, map=dict(ms["map"], method="UMAP (made up)"))
+    titles = [ax.get_title() for ax in figures.embedding_maps({"a": ms, "b": other}).figure.axes[:2]]
+    assert titles[0].startswith("a\nt-SNE") and titles[1] == "b\nUMAP (made up)"  # each its own method
 
 
 def write_run(results, name: str, file: dict | None, record_git=GIT) -> None:
