@@ -154,6 +154,13 @@ def class_name(pictures: dict, label: int) -> str:
     return f"class {label}"
 
 
+def kind_of(pictures: dict, label: int) -> str | None:
+    """The last word of a class's name ("Sparrow" of "Brewer Sparrow"): CUB names a species
+    by its kind last. None for a class without a name (synthetic)."""
+    name = class_name(pictures, label)
+    return None if name == f"class {label}" else name.split()[-1]
+
+
 def _same_queries(panels: dict[str, dict]) -> dict:
     first_title, first = next(iter(panels.items()))
     for title, pictures in panels.items():

@@ -155,7 +155,8 @@ def test_cub_images_are_read_from_the_data_root_by_their_name(drawn_files, tmp_p
     tile = next(t for t in drawing.tiles if t.panel == "MS" and t.column == 3)
     shade = list(cub["images"]).index(str(tile.index)) % 256
     assert np.all(drawn_pixels(drawing, tile)[..., 0] == shade)  # that file's pixels, centre-cropped
-    assert figures.class_name(cub, tile.label) == "Some Bird"
+    assert figures.class_name(cub, tile.label) == "Some Bird" and figures.kind_of(cub, tile.label) == "Bird"
+    assert figures.kind_of(drawn_files["Multi-Similarity"], tile.label) is None  # synthetic classes have no name
     tile = next(t for t in drawing.tiles if t.panel == "other" and t.column == 1)
     assert tile.index == unnamed and np.all(drawn_pixels(drawing, tile)[..., 2] == 3)
 
