@@ -258,7 +258,7 @@ def _draw_tile(ax, image, tile: Tile, caption: str | None = None) -> None:
         spine.set_edgecolor(colour)
         spine.set_linewidth(1 if tile.correct is None else 3.5)
     if caption:
-        ax.set_xlabel(textwrap.fill(caption, 10), fontsize=SMALL, labelpad=2, linespacing=1.0)
+        ax.set_xlabel(textwrap.fill(caption, 10, break_long_words=False), fontsize=SMALL, labelpad=2, linespacing=1.0)
 
 
 def _missing_images(what: str, data_root) -> Drawing:
@@ -427,7 +427,7 @@ def weight_maps(panels: dict[str, tuple[np.ndarray, np.ndarray]]) -> Drawing:
         for edge in np.flatnonzero(np.diff(labels)) + 0.5:
             ax.axhline(edge, color="#bdbdbd", lw=0.4)
             ax.axvline(edge, color="#bdbdbd", lw=0.4)
-        ax.set_title(title, fontsize=TEXT)
+        ax.set_title(textwrap.fill(title, 26), fontsize=TEXT)
         ax.set_xlabel("pair j", fontsize=SMALL)
         ax.set_ylabel("anchor i", fontsize=SMALL)
         ax.tick_params(labelsize=SMALL)
