@@ -264,8 +264,8 @@ def _draw_tile(ax, image, tile: Tile, caption: str | None = None) -> None:
 def _missing_images(what: str, data_root) -> Drawing:
     from .notebook_tools import missing_data_markdown, show_missing_data
 
-    show_missing_data(what, data_root)
-    return Drawing(None, notice=missing_data_markdown(what, data_root))
+    show_missing_data(what, data_root, download_parameter=False)  # the chapters drawing pictures have no `download`
+    return Drawing(None, notice=missing_data_markdown(what, data_root, download_parameter=False))
 
 
 def _row_tiles(title: str, pictures: dict, position: int, row: int) -> list[Tile]:

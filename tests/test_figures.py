@@ -129,6 +129,7 @@ def test_without_cub_the_image_figures_say_what_is_missing_and_the_rest_draws(dr
         assert drawing.figure is None and drawing.tiles == []
         assert str(empty / "CUB_200_2011" / "images.txt") in drawing.notice
         assert f"python -m dmlutils download --root {empty}" in drawing.notice
+        assert "download = True" not in drawing.notice  # a parameter of chapter 1 only
     printed = capsys.readouterr().out  # outside a notebook the notice is printed
     assert "**Not shown: the retrieval grid.**" in printed and "**Not shown: the gallery of failures.**" in printed
     assert figures.embedding_maps(cub).figure is not None  # the maps and weights need no image
