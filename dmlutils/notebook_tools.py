@@ -136,8 +136,9 @@ def fetch_data_command(data_root: str | os.PathLike | None = None, python: str =
     return command if default else f"{command} --root {shlex.quote(str(resolve_data_root(data_root)))}"
 
 
-def missing_data_markdown(what: str, data_root: str | os.PathLike | None = None) -> str:
-    """What a chapter says where it cannot show `what` for lack of CUB-200-2011."""
+def missing_data_markdown(what: str, data_root: str | os.PathLike | None = None, download_parameter: bool = True) -> str:
+    """What a chapter says where it cannot show `what` for lack of CUB-200-2011; with
+    `download_parameter`, that its `download = True` parameter fetches it (chapter 1's)."""
     from .data import data_root_origin
 
     root, origin = data_root_origin(data_root)
@@ -145,13 +146,14 @@ def missing_data_markdown(what: str, data_root: str | os.PathLike | None = None)
         f"**Not shown: {what}.** It needs CUB-200-2011, and there is no "
         f"`{root / 'CUB_200_2011' / 'images.txt'}` (the data root comes from {origin}). Fetch the "
         f"official archive (about 1.1 GB, MD5-checked) with `{fetch_data_command(data_root)}`, then run "
-        "this chapter again (in Jupyter or Colab, `download = True` in its parameters cell does both)."
+        + ("this chapter again (in Jupyter or Colab, `download = True` in its parameters cell does both)."
+           if download_parameter else "this chapter again.")
     )
 
 
-def show_missing_data(what: str, data_root: str | os.PathLike | None = None) -> None:
+def show_missing_data(what: str, data_root: str | os.PathLike | None = None, download_parameter: bool = True) -> None:
     """Display `missing_data_markdown` (marked for the book runner's closing line), or print it."""
-    text = missing_data_markdown(what, data_root)
+    text = missing_data_markdown(what, data_root, download_parameter)
     try:
         from IPython import get_ipython
         from IPython.display import Markdown, display
