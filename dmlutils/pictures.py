@@ -17,7 +17,7 @@ every profile on the CUB test split):
 Images are named by their path inside the data set's folder (e.g.
 `images/200.Common_Yellowthroat/Common_Yellowthroat_0003_190521.jpg`), never by a machine
 path; a chapter finds them under its data root. Similarities are rounded to 4 decimals,
-weights to 3, map coordinates to 2, and the file is written without indentation: about
+weights to 3 significant figures, map coordinates to 2, and the file is written without indentation: about
 250 KB for the CUB test split.
 """
 from __future__ import annotations
@@ -77,6 +77,13 @@ def _rounded(array, digits: int = 3) -> list:
     return np.round(np.asarray(array, dtype=np.float64), digits).tolist()
 
 
+def _significant(array, digits: int = 3) -> list:
+    """Rounded to `digits` significant figures: pair weights span decades (a negative pair's
+    weight at iteration 0 can be 1e-5), so fixed decimals would zero the small ones."""
+    values = np.asarray(array, dtype=np.float64)
+    return np.vectorize(lambda v: float(f"{v:.{digits}g}"), otypes=[float])(values).tolist()
+
+
 def neighbours(embeddings: torch.Tensor, queries) -> tuple[np.ndarray, np.ndarray]:
     """(indices, cosine similarities) of each query's `NEIGHBOURS` nearest other images."""
     e = torch.nn.functional.normalize(embeddings.float(), dim=1)
@@ -106,7 +113,7 @@ def batch_weights(loss, batch_embeddings: torch.Tensor, labels) -> dict:
     except (NotImplementedError, AttributeError, TypeError):
         W = None  # not a function of S alone (triplet-center's class centres)
     # S to 4 decimals: mining compares similarities within a margin, and W follows from S
-    return {"similarity": _rounded(S, 4), "weights": None if W is None else _rounded(W.detach(), 3)}
+    return {"similarity": _rounded(S, 4), "weights": None if W is None else _significant(W.detach(), 3)}
 
 
 def make_pictures(record: dict, eval_set, final_embeddings: torch.Tensor, start_batch: torch.Tensor | None, loss,
@@ -119,7 +126,7 @@ def make_pictures(record: dict, eval_set, final_embeddings: torch.Tensor, start_
     hits, similarity = neighbours(final_embeddings, queries)
     named = sorted(set(queries.tolist()) | set(hits.ravel().tolist()) | set(batch.tolist()))
     coordinates = embedding_map(final_embeddings)
-    final_iteration = record.get("final", {}).get("iteration", record["evaluations"][-1]["iteration"])
+    final_iteration = record["final"]["iteration"] if "final" in record else record["evaluations"][-1]["iteration"]
     states = [(0, start_batch), (final_iteration, final_embeddings[torch.as_tensor(batch)])] if start_batch is not None else \
         [(final_iteration, final_embeddings[torch.as_tensor(batch)])]
     return {

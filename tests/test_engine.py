@@ -15,7 +15,7 @@ def smoke(loss="multi_similarity", **overrides):
 
 
 def test_unknown_profile_lists_the_profiles():
-    with pytest.raises(ValueError, match="unknown profile 'gpu'; valid profiles: smoke, cpu, paper"):
+    with pytest.raises(ValueError, match="unknown profile 'gpu'; valid profiles: smoke, cpu, cpu_full, paper"):
         make_config("gpu")
 
 

@@ -86,3 +86,7 @@ def test_a_pictures_file_is_compact(smoke_pictures):
     assert "\n " not in text and len(text.splitlines()) == 1  # no indentation: one number per line would triple it
     assert all(round(v, 4) == v for v in drawn["batch"]["states"][0]["similarity"][0])
     assert all(round(v, 2) == v for v in drawn["map"]["x"])
+
+
+def test_small_pair_weights_keep_three_significant_figures():
+    assert pictures._significant([1.23456e-5, -0.0123456, 0.0]) == [1.23e-5, -0.0123, 0.0]
