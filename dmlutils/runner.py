@@ -62,11 +62,12 @@ _CUB_TRAIN_IMAGES, _CUB_TEST_IMAGES = 5864, 5924
 
 
 # The whole backbone on decoded images (cpu_full), 224 px, batch 80: seconds per training
-# step and per evaluated image, by threads. First figures from DESIGN.md's probe (fwd + bwd
-# + Adam of all of EfficientNet-Lite0: 6.2 s on 2 threads, 11 s on 1; an evaluation of the
-# 5,924 test images with JPEG decoding: 48 s on 2 threads); benchmarks/ measures them.
-_DECODED_STEP_SECONDS = {1: 11.0, 2: 6.2}
-_DECODED_EVAL_SECONDS_PER_IMAGE = {1: 0.014, 2: 0.008}
+# step and per evaluated image, by threads, as benchmarks/bench_whole_backbone.py measured
+# them on a quiet machine (results/benchmarks/whole_backbone.md: float32, 2 threads 5.0 s per
+# step and 0.012 s per image; two one-thread runs side by side 10.6-11.0 s per step each,
+# taken here as the one-thread figure).
+_DECODED_STEP_SECONDS = {1: 10.8, 2: 5.0}
+_DECODED_EVAL_SECONDS_PER_IMAGE = {1: 0.024, 2: 0.012}
 _DECODE_SECONDS = 60.0  # every image decoded and resized once, at the start of a run
 
 
