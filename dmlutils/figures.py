@@ -102,17 +102,10 @@ def load_panels(runs: dict[str, str], profile: str, seed: int = 0, results_dir="
 
 
 def show_notice(text: str) -> None:
-    """Display Markdown in a notebook, else print it."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import Markdown, display
+    """Display Markdown in a notebook, else print it (`notebook_tools.show_markdown`)."""
+    from .notebook_tools import show_markdown
 
-        if get_ipython() is not None:
-            display(Markdown(text))
-            return
-    except ImportError:
-        pass
-    print(text)
+    show_markdown(text)
 
 
 def provenance(pictures: dict) -> str:

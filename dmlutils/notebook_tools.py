@@ -106,13 +106,17 @@ def provenance_markdown(profile: str, seed: int | None = None, **extra) -> str:
 
 def show_provenance(profile: str, seed: int | None = None, **extra) -> None:
     """Display `provenance_markdown` as Markdown (in a notebook) or print it."""
-    text = provenance_markdown(profile, seed, **extra)
+    show_markdown(provenance_markdown(profile, seed, **extra))
+
+
+def show_markdown(text: str, metadata: dict | None = None) -> None:
+    """Display `text` as Markdown in a notebook (with the output's `metadata`), else print it."""
     try:
         from IPython import get_ipython
         from IPython.display import Markdown, display
 
         if get_ipython() is not None:
-            display(Markdown(text))
+            display(Markdown(text), metadata=metadata)
             return
     except ImportError:
         pass
@@ -153,17 +157,7 @@ def missing_data_markdown(what: str, data_root: str | os.PathLike | None = None,
 
 def show_missing_data(what: str, data_root: str | os.PathLike | None = None, download_parameter: bool = True) -> None:
     """Display `missing_data_markdown` (marked for the book runner's closing line), or print it."""
-    text = missing_data_markdown(what, data_root, download_parameter)
-    try:
-        from IPython import get_ipython
-        from IPython.display import Markdown, display
-
-        if get_ipython() is not None:
-            display(Markdown(text), metadata={MISSING_DATA_KEY: what})
-            return
-    except ImportError:
-        pass
-    print(text)
+    show_markdown(missing_data_markdown(what, data_root, download_parameter), metadata={MISSING_DATA_KEY: what})
 
 
 # --- table of contents -------------------------------------------------------------------------
