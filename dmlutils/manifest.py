@@ -99,25 +99,16 @@ def run(name: str) -> Run:
     raise ValueError(f"no run named {name!r} in the manifest; valid: {', '.join(r.name for r in RUNS)}")
 
 
-# How a reader writes a setting a run changes: {override key: format of its value}.
-_SETTING_TEXT = {"loss.beta": "β = {:g}", "loss.alpha": "α = {:g}", "loss.lam": "λ = {:g}", "loss.epsilon": "ε = {:g}",
-                 "embedding_dim": "{}-d", "xbm_size": "MS + XBM {:,}"}
-
-
 def label(name: str) -> str:
-    """A run's name for a reader: its declared label, else what it changes from its loss's
-    settings ("β = 10", "64-d", "40 x 2", "MS + XBM 1,600"), else its loss ("MS" for MS)."""
+    """A run's name for a reader (`dmlutils.names`): its declared label, else what it changes
+    from its loss's settings ("β = 10", "64-d", "40 x 2", "MS + XBM 1,600"), else its loss
+    ("Multi-Similarity", "Contrastive"; the baseline: "pretrained features, no training")."""
+    from . import names
+
     entry = run(name)
     if entry.label:
         return entry.label
-    if entry.loss is None:
-        return "pretrained, no training"
-    settings = dict(entry.overrides)
-    settings.pop("xbm_start", None)  # the memory's warm-up: a detail of the memory, not a second setting
-    parts = [f"{settings.pop('p')} x {settings.pop('k')}"] if {"p", "k"} <= settings.keys() else []
-    parts += [_SETTING_TEXT[key].format(value) if key in _SETTING_TEXT else f"{key.split('.')[-1]} = {value}"
-              for key, value in settings.items()]
-    return ", ".join(parts) or ("MS" if entry.loss == MS else entry.loss)
+    return names.setting_text(entry.overrides, entry.loss) or names.loss_name(entry.loss)
 
 
 def group(name: str) -> list[Run]:

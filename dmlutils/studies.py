@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
+from .names import default_name, loss_name, setting_name  # noqa: F401  (default_name: re-exported)
 from .records import study_dir  # noqa: F401  (re-exported: the layout is the reader's, and planning sits above reading)
 
 # Classes held out per profile: of CUB's 100 training classes the last 20 (labels 80-99);
@@ -83,16 +84,22 @@ STUDIES: dict[str, dict[str, dict]] = {
 }
 
 
-# What each study's "default" is, where it is not the loss's paper setting: the ranked list
-# loss defaults to its official code's CUB setting (dmlutils.losses.ranked_list), and the
-# paper's own CUB setting is one of its candidates.
-DEFAULT_NAMES = {"ranked_list": "the official code's setting"}
+def candidate_text(loss: str, candidate: str) -> str:
+    """A candidate as a reader writes it (`dmlutils.names`): 'scale 20', or for "default"
+    what the default is ("the paper's setting")."""
+    return setting_name(loss, _candidate(loss, candidate))
 
 
-def default_name(loss: str) -> str:
-    """How a sentence names a study's "default" candidate: "the paper's setting" unless
-    `DEFAULT_NAMES` says otherwise."""
-    return DEFAULT_NAMES.get(loss, "the paper's setting")
+def candidate_name(loss: str, candidate: str) -> str:
+    """'Lifted Structure (scale 20)': a candidate with its loss."""
+    return f"{loss_name(loss)} ({candidate_text(loss, candidate)})"
+
+
+def _candidate(loss: str, candidate: str) -> dict:
+    candidates = study(loss)
+    if candidate not in candidates:
+        raise ValueError(f"no candidate {candidate!r} in the setting study of {loss!r}; candidates: {', '.join(candidates)}")
+    return candidates[candidate]
 
 
 def study(loss: str) -> dict[str, dict]:

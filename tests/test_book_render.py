@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -270,6 +271,30 @@ def test_no_table_is_cut_short_by_pandas(rendered):
             cells = [c.get_text(strip=True) for c in table.find_all(["td", "th"])]
             cut = [c for c in cells if c == "..." or (c.endswith("...") and len(c) > 3)]
             assert not cut, f"{page}: a table cut short by pandas ({cut[:3]}); widen it with pd.option_context"
+
+
+def test_tables_name_methods_as_readers_do(rendered):
+    # "Lifted Structure (scale 20)", not the registry's lifted_structure / scale_20
+    # (dmlutils.names); the provenance lists below the tables keep the keys, which name files.
+    from dmlutils import manifest
+    from dmlutils.losses import LOSSES
+    from dmlutils.studies import STUDIES
+
+    keys = set(LOSSES) | {r.name for r in manifest.RUNS if r.name != "baseline"}
+    keys |= {candidate for study in STUDIES.values() for candidate in study if candidate != "default"}
+    checked = 0
+    for page, (static, _, _) in rendered.items():
+        if not page.startswith("book/chapters/0"):  # the appendix shows committed reports as written
+            continue
+        for table in static.select("div.cell_output table"):
+            for cell in table.find_all(["td", "th"]):
+                text = cell.get_text(" ", strip=True)
+                if "/" in text:  # a record's path: keys name its folders
+                    continue
+                shown = set(re.findall(r"[A-Za-z0-9_.\-]+", text)) & keys
+                assert not shown, f"{page}: a table shows the registry key(s) {sorted(shown)} in {text!r}; name it with dmlutils.names"
+                checked += 1
+    assert checked > 100, checked
 
 
 def test_chapters_show_provenance_and_no_errors(rendered):

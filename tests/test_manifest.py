@@ -49,7 +49,9 @@ def test_every_run_has_its_own_label_naming_what_it_changes():
         for entry in manifest.group(group):
             (value,) = entry.overrides.values()
             assert manifest.label(entry.name) == f"{symbol} = {value:g}"
-    assert manifest.label(manifest.MS) == "MS"
+    assert manifest.label(manifest.MS) == "Multi-Similarity"  # a loss's own run: the loss's name
+    assert manifest.label("triplet_center") == "Triplet-Center"
+    assert manifest.label("baseline") == "pretrained features, no training"
     assert manifest.label("ms_dim_64") == "64-d"
     assert manifest.label("ms_batch_40x2") == "40 x 2"
     assert manifest.label("ms_xbm_1600") == "MS + XBM 1,600"  # the warm-up is not a second setting
