@@ -14,6 +14,10 @@ Seeds: three for the runs whose differences the book reads against the noise (th
 losses, the mining / weighting ablation, the embedding sizes 64 and 512, XBM), one for the
 sensitivity sweeps; a sweep value whose single seed differs from the default's mean by
 more than the default's seed standard deviation gets `ESCALATION_SEEDS` too (`escalate`).
+The whole-backbone profile (`cpu_full`, about an hour a run) runs MS and the mining /
+weighting grid with three seeds and triplet, contrastive and binomial deviance with one
+seed under the same rule (`one_seed_at`); its baseline is the cpu profile's
+(`dmlutils.regimes`).
 """
 from __future__ import annotations
 
@@ -26,6 +30,13 @@ from .losses.registry import LOSSES
 
 MS = "multi_similarity"
 THREE_SEEDS = (0, 1, 2)
+_EVERYWHERE = ("smoke", "cpu", "paper")
+# The whole-backbone regime runs MS, the mining / weighting grid (three seeds each) and three
+# other losses (one seed, escalated); its baseline is the cpu profile's (`regimes`).
+FULL = "cpu_full"
+PROFILES_OF = {name: (*_EVERYWHERE, FULL) for name in (
+    MS, "ms_no_mining", "ms_no_weighting", "ms_no_mining_no_weighting", "triplet", "contrastive", "binomial_deviance")}
+ONE_SEED_AT = {name: (FULL,) for name in ("triplet", "contrastive", "binomial_deviance")}
 ESCALATION_SEEDS = (1, 2)
 CRITERION = "recall@1"
 
@@ -39,6 +50,7 @@ class Run:
     group: str = "main"
     escalate: bool = False  # one seed, and more when it differs from the default beyond the noise
     profiles: tuple[str, ...] = ("smoke", "cpu", "paper")  # where the run is possible
+    one_seed_at: tuple[str, ...] = ()  # profiles where it takes one seed and the escalation rule
     label: str = ""  # its name for a reader; "" derives one from the overrides (`label`)
 
     @property
@@ -63,10 +75,13 @@ RUNS: list[Run] = [
     # the same record.
     Run("baseline", None, group="main"),
     # MS first: a chapter that trains what is missing (Colab with a GPU) makes its record first.
-    *[Run(loss, loss, {}, THREE_SEEDS, "main") for loss in [MS, *(name for name in LOSSES if name != MS)]],
+    # The whole-backbone regime (cpu_full, an hour a run) re-tests MS against three of them:
+    # one seed each, and two more where the escalation rule asks.
+    *[Run(loss, loss, {}, THREE_SEEDS, "main", profiles=PROFILES_OF.get(loss, _EVERYWHERE), one_seed_at=ONE_SEED_AT.get(loss, ()))
+      for loss in [MS, *(name for name in LOSSES if name != MS)]],
     # Mining (each side) and weighting switched off, alone and together (chapter 8).
     *[
-        Run(name, MS, overrides, THREE_SEEDS, "mining and weighting", label=label)
+        Run(name, MS, overrides, THREE_SEEDS, "mining and weighting", label=label, profiles=PROFILES_OF.get(name, _EVERYWHERE))
         for name, label, overrides in [
             ("ms_no_positive_mining", "no positive mining", {"loss.mine_positives": False}),
             ("ms_no_negative_mining", "no negative mining", {"loss.mine_negatives": False}),
@@ -180,21 +195,28 @@ SEEDS_AT_MOST = {"smoke": 2}
 
 
 def declared_seeds(entry: Run, profile: str) -> tuple[int, ...]:
-    return entry.seeds[: SEEDS_AT_MOST.get(profile, len(entry.seeds))]
+    seeds = entry.seeds[:1] if profile in entry.one_seed_at else entry.seeds
+    return seeds[: SEEDS_AT_MOST.get(profile, len(seeds))]
+
+
+def escalates(entry: Run, profile: str) -> bool:
+    """Whether the entry takes one seed at `profile` and `ESCALATION_SEEDS` when the rule asks."""
+    return (entry.escalate or profile in entry.one_seed_at) and profile not in SEEDS_AT_MOST
 
 
 def seeds_wanted(entry: Run, profile: str, results) -> tuple[int, ...]:
     """The entry's seeds, plus `ESCALATION_SEEDS` when its one seed differs from the
     default run's mean by more than the default's seed standard deviation."""
-    if not entry.escalate or profile in SEEDS_AT_MOST:
-        return declared_seeds(entry, profile)
+    declared = declared_seeds(entry, profile)
+    if not escalates(entry, profile):
+        return declared
     first, reference = _escalation_evidence(entry, profile, results)
     if first is None or any(r is None for r in reference):
-        return entry.seeds  # decided once the first seed and the default's seeds exist
+        return declared  # decided once the first seed and the default's seeds exist
     values = [r["final"][CRITERION] for r in reference]
     if abs(first["final"][CRITERION] - statistics.mean(values)) > statistics.stdev(values):
-        return tuple(dict.fromkeys(entry.seeds + ESCALATION_SEEDS))
-    return entry.seeds
+        return tuple(dict.fromkeys(declared + ESCALATION_SEEDS))
+    return declared
 
 
 def _escalation_evidence(entry: Run, profile: str, results) -> tuple[dict | None, list[dict | None]]:
@@ -209,11 +231,9 @@ def _escalation_evidence(entry: Run, profile: str, results) -> tuple[dict | None
 def undecided_escalations(profile: str, results="results", only=None) -> list[Run]:
     """The one-seed runs whose escalation is not decided yet (their first seed or the
     default's seeds have no record): each may still add `ESCALATION_SEEDS`."""
-    if profile in SEEDS_AT_MOST:
-        return []
     undecided = []
     for entry in _selected(only):
-        if entry.escalate and profile in entry.profiles:
+        if escalates(entry, profile) and profile in entry.profiles:
             first, reference = _escalation_evidence(entry, profile, results)
             if first is None or any(r is None for r in reference):
                 undecided.append(entry)
@@ -276,7 +296,7 @@ def load(profile: str, results="results", skip_damaged: bool = False) -> dict[st
     for entry in RUNS:
         if profile not in entry.profiles:
             continue
-        for seed in sorted(set(declared_seeds(entry, profile)) | set(ESCALATION_SEEDS if entry.escalate else ())):
+        for seed in sorted(set(declared_seeds(entry, profile)) | set(ESCALATION_SEEDS if escalates(entry, profile) else ())):
             record = valid_record(record_path(results, profile, entry.name, seed), config_of(entry, profile, seed), skip_damaged)
             if record is not None:
                 found.setdefault(entry.name, {})[seed] = record

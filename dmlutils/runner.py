@@ -148,8 +148,10 @@ def plan(jobs: list[Job], processes: int, is_done=None, measured: tuple[float, i
     lines = [f"{len(jobs)} runs, {len(jobs) - len(todo)} with a record already; {len(todo)} to run, {processes} at a time:"]
     total = 0.0
     slowdown = SIDE_BY_SIDE_SLOWDOWN if min(processes, len(todo)) > 1 else 1.0
+    # One process runs its jobs here, on torch's default threads (every core); workers take one each.
+    threads = (os.cpu_count() or 1) if processes <= 1 else 1
     for job in todo:
-        seconds = measured[0] if measured and job.kind == "train" else estimate_seconds(job) * slowdown
+        seconds = measured[0] if measured and job.kind == "train" else estimate_seconds(job, threads) * slowdown
         total += seconds
         lines.append(f"  {job.name:<40} about {seconds / 60:5.1f} min")
     if todo:

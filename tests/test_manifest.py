@@ -177,3 +177,23 @@ def test_the_plan_times_training_runs_by_the_records_already_made(tmp_path):
     text = plan(jobs, 2, measured=(600.0, 7))
     assert re.search(r"ms seed 5 +about +10\.0 min", text)
     assert "about 20 CPU-minutes, 10 minutes of wall time (training runs at the median wall time of 7 records made before)" in text
+
+
+def test_the_whole_backbone_regime_runs_ms_the_grid_and_three_losses_one_seed_each_escalated(tmp_path):
+    at_full = {r.name for r in manifest.RUNS if "cpu_full" in r.profiles}
+    assert at_full == {"multi_similarity", "ms_no_mining", "ms_no_weighting", "ms_no_mining_no_weighting",
+                       "triplet", "contrastive", "binomial_deviance"}  # its baseline is cpu's (dmlutils.regimes)
+    for name in ("multi_similarity", "ms_no_mining", "ms_no_weighting", "ms_no_mining_no_weighting"):
+        assert manifest.declared_seeds(manifest.run(name), "cpu_full") == (0, 1, 2)
+    triplet = manifest.run("triplet")
+    assert manifest.declared_seeds(triplet, "cpu") == (0, 1, 2)  # the cpu regime keeps its three
+    assert manifest.seeds_wanted(triplet, "cpu_full", tmp_path) == (0,)
+    assert triplet in manifest.undecided_escalations("cpu_full", tmp_path)
+    for seed, recall in zip((0, 1, 2), (0.60, 0.62, 0.64)):  # mean 0.62, std 0.02
+        fake_record(tmp_path, "cpu_full", "multi_similarity", seed, recall)
+    fake_record(tmp_path, "cpu_full", "triplet", 0, 0.615)  # inside MS's band: level, one seed is enough
+    assert manifest.seeds_wanted(triplet, "cpu_full", tmp_path) == (0,)
+    fake_record(tmp_path, "cpu_full", "triplet", 0, 0.55)  # outside it: two more seeds decide
+    assert manifest.seeds_wanted(triplet, "cpu_full", tmp_path) == (0, 1, 2)
+    assert triplet not in manifest.undecided_escalations("cpu_full", tmp_path)
+    assert [j.name for j, done in manifest.jobs("cpu_full", tmp_path, only=["triplet"]) if not done] == ["triplet seed 1", "triplet seed 2"]

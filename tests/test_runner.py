@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from dmlutils.runner import Job, run_jobs
 
 RUNNER = """
@@ -74,3 +76,18 @@ def test_a_silenced_runner_prints_nothing_and_tells_echo(tmp_path, capsys):
     run_jobs([Job("tiny run", config, tmp_path / "tiny.json", tmp_path / "tiny")], processes=1, progress=False, echo=told.append)
     assert "tiny run" not in capsys.readouterr().out
     assert [line for line in told if line.startswith("tiny run: ")], told
+
+
+def test_the_plan_of_one_process_estimates_a_whole_backbone_run_on_every_core(monkeypatch):
+    # One process runs its jobs in itself on torch's default threads; the plan said the
+    # one-thread time (149 min for a cpu_full candidate that took about 65).
+    from dmlutils import runner
+    from dmlutils.profiles import make_config
+
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    job = runner.Job("full", make_config("cpu_full", "multi_similarity", {"seed": 0}), None, None)
+    minutes = lambda text: float(text.splitlines()[1].split("about")[1].split("min")[0])  # noqa: E731
+    one_process, two_processes = runner.plan([job], 1, lambda j: False), runner.plan([job], 2, lambda j: False)
+    assert minutes(one_process) == pytest.approx(runner.estimate_seconds(job, threads=2) / 60, abs=0.1)
+    assert minutes(two_processes) == pytest.approx(runner.estimate_seconds(job, threads=1) / 60, abs=0.1)
+    assert minutes(one_process) < 0.6 * minutes(two_processes)

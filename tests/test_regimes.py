@@ -1,0 +1,97 @@
+"""dmlutils.regimes: the paper's claims judged under each regime, the shared baseline."""
+from __future__ import annotations
+
+import pytest
+
+from dmlutils import manifest, regimes
+from dmlutils.engine import write_json
+from dmlutils.profiles import PROFILE_VERSIONS
+
+
+def records(*values, metric="recall@1"):
+    return {seed: {"final": {metric: v, "map@r": v / 3}} for seed, v in enumerate(values)}
+
+
+MS_RUNS = records(0.60, 0.62, 0.64)
+
+
+def test_a_comparison_is_paired_over_common_seeds_else_placed_against_the_band():
+    assert regimes.comparison_side(MS_RUNS, records(0.55, 0.56, 0.58)) == "above"
+    assert regimes.comparison_side(MS_RUNS, records(0.61, 0.60, 0.65)) == "level"
+    assert regimes.comparison_side(MS_RUNS, records(0.615)) == "level"  # one seed inside MS's mean ± std
+    assert regimes.comparison_side(MS_RUNS, records(0.50)) is None  # outside it: the escalation's seeds decide
+    assert regimes.comparison_side(records(0.6), records(0.5)) is None  # one seed each: nothing to read
+    assert regimes.comparison_text(MS_RUNS, records(0.55, 0.56, 0.58)).startswith("+5.7 (n=3, p")
+    assert regimes.comparison_text(MS_RUNS, records(0.615)) == "+0.5 (one seed, inside the other's seed std)"
+    assert regimes.comparison_text(MS_RUNS, {}) == "not run"
+
+
+def test_claims_get_a_verdict_per_regime_with_their_comparisons():
+    loaded = {
+        "cpu": {"multi_similarity": MS_RUNS, "triplet": records(0.55, 0.56, 0.58), "npair": records(0.61, 0.60, 0.65)},
+        "cpu_full": {"multi_similarity": MS_RUNS, "triplet": records(0.615)},
+    }
+    claims = [regimes.Claim("MS above Triplet", (("multi_similarity", "triplet"),)),
+              regimes.Claim("MS above N-pair", (("multi_similarity", "npair"),))]
+    rows = regimes.claims_rows(loaded, claims, planned=lambda regime, name: regime == "cpu" or name != "npair")
+    cpu, full = regimes.REGIME_TEXT["cpu"], regimes.REGIME_TEXT["cpu_full"]
+    assert rows[0][cpu].startswith("holds: +5.7 (n=3, p")
+    assert rows[0][full] == "does not hold: +0.5 (one seed, inside the other's seed std)"
+    assert rows[1][cpu].startswith("does not hold: +0.0 (n=3, p=")
+    assert rows[1][full] == "not in this regime's plan"
+    assert regimes.claims_rows({"cpu_full": {}}, claims[:1])[0][full] == "unresolved: not run"
+
+
+def test_the_claims_name_their_runs_in_the_manifest():
+    for claim in regimes.main_claims() + regimes.ablation_claims():
+        for pair in claim.pairs:
+            for name in pair:
+                manifest.run(name)  # raises for a name the manifest does not have
+    assert len(regimes.main_claims()) == 8 and regimes.main_claims()[0].text == "Multi-Similarity above Binomial Deviance"
+    assert regimes.planned("cpu_full", "triplet") and not regimes.planned("cpu_full", "npair")
+    assert regimes.planned("cpu_full", "baseline")  # shared with cpu
+
+
+def test_the_whole_backbone_regime_shares_the_cpu_baseline_only_while_its_settings_agree(tmp_path, monkeypatch):
+    assert regimes.baseline_differences("cpu_full", "cpu") == {}  # same data, backbone, input and pooling
+    config = manifest.config_of(manifest.run("baseline"), "cpu", 0)
+    write_json(manifest.record_path(tmp_path, "cpu", "baseline", 0),
+               {"profile": "cpu", "profile_version": PROFILE_VERSIONS["cpu"], "config": config, "evaluations": [],
+                "final": {"recall@1": 0.529}})
+    loaded = regimes.load_regimes("cpu", tmp_path)
+    assert set(loaded) == {"cpu", "cpu_full"}
+    assert loaded["cpu_full"]["baseline"][0]["final"]["recall@1"] == 0.529
+    assert regimes.load_regimes("smoke", tmp_path).keys() == {"smoke"}
+
+    from dmlutils import profiles
+
+    monkeypatch.setitem(profiles.PROFILES, "cpu_full", {**profiles.PROFILES["cpu_full"], "image_size": 160, "pooling": "avg"})
+    with pytest.raises(ValueError, match="cannot share the cpu profile's baseline: image_size is 224 there and 160 here, "
+                                         "pooling is 'max' there and 'avg' here; give cpu_full a baseline run"):
+        regimes.load_regimes("cpu", tmp_path)
+
+
+def test_the_cost_of_each_regime_comes_from_its_records_else_is_marked_an_estimate():
+    def timed(wall, threads):
+        windows = [{"iteration": i, "train_seconds": 200.0 if i else 0.0, "eval_seconds": 30.0, "train_cpu_seconds": (200.0 if i else 0.0) * threads,
+                    "eval_cpu_seconds": 30.0 * threads} for i in (0, 100, 200, 300, 400)]
+        return {"kind": "train", "config": {"iterations": 400}, "wall_time_seconds": wall, "evaluations": windows,
+                "environment": {"cpu_threads": threads}, "final": {"recall@1": 0.5}}
+
+    loaded = {"cpu": {"baseline": {0: {"kind": "baseline", "final": {"recall@1": 0.5}}},
+                      "multi_similarity": {0: timed(900.0, 1), 1: timed(1100.0, 1)}},
+              "cpu_full": {}}
+    cpu, full = regimes.cost_rows(loaded)
+    assert cpu["training records"] == 2 and cpu["minutes per run"] == "17 (median; 1 thread)"
+    assert cpu["s per step"] == "2.00" and cpu["s per evaluation"] == "30"
+    assert cpu["CPU hours, all records"] == f"{2 * (4 * 200 + 5 * 30) / 3600:.1f}"
+    assert full["training records"] == 0 and full["minutes per run"].endswith("(estimate, 2 threads)")
+
+
+def test_a_claim_of_several_comparisons_says_which_is_which():
+    runs = {"multi_similarity": MS_RUNS, "ms_no_mining": records(0.55, 0.56, 0.58), "ms_no_weighting": records(0.61, 0.60, 0.65)}
+    status, text = regimes.claim_verdict(runs, regimes.ablation_claims()[2])
+    assert status == "does not hold"
+    assert text.startswith("Multi-Similarity − weighting only (no mining) +5.7 (n=3, p")
+    assert "; Multi-Similarity − mining only (no weighting) +0.0 (n=3, p" in text
+    assert regimes.claim_verdict({}, regimes.ablation_claims()[2]) == ("unresolved", "not run")
