@@ -101,6 +101,15 @@ def load_panels(runs: dict[str, str], profile: str, seed: int = 0, results_dir="
     return panels
 
 
+def optional_panel(profile: str, name: str, seed: int = 0, results_dir="results") -> dict | None:
+    """A run's pictures if its file exists, else None without a notice: a panel a figure
+    adds once its run has been made (the whole-backbone regime's beside the cpu regime's)."""
+    try:
+        return load_pictures(profile, name, seed, results_dir)
+    except PicturesNotFound:
+        return None
+
+
 def show_notice(text: str) -> None:
     """Display Markdown in a notebook, else print it (`notebook_tools.show_markdown`)."""
     from .notebook_tools import show_markdown

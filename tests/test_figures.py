@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import matplotlib
 
@@ -229,3 +230,18 @@ def test_a_chapter_gets_the_pictures_of_its_record_or_a_notice_with_the_command(
     verified = dict(drawn_files["Multi-Similarity"], verified={"record_git": {"commit": "2" * 40, "dirty": False}, "verdict": "identical"})
     write_run(results, "multi_similarity", verified, record_git={"commit": "2" * 40, "dirty": False})
     assert "by a re-run that matched its record (identical)" in figures.provenance(figures.load_pictures("smoke", "multi_similarity", 0, results))
+
+
+def test_an_optional_panel_is_none_without_its_file_and_the_file_with_it(tmp_path):
+    import shutil
+
+    from dmlutils import figures as figs
+
+    assert figs.optional_panel("cpu_full", "multi_similarity", 0, tmp_path) is None  # no notice, no error
+    source = Path(__file__).resolve().parents[1] / "results" / "cpu" / "multi_similarity"
+    target = tmp_path / "cpu" / "multi_similarity"
+    target.mkdir(parents=True)
+    for name in ("seed_0.json", "seed_0.pictures.json"):
+        shutil.copy(source / name, target / name)
+    panel = figs.optional_panel("cpu", "multi_similarity", 0, tmp_path)
+    assert panel is not None and panel["profile"] == "cpu" and len(panel["queries"]["index"]) == 24
