@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -82,10 +83,11 @@ def time_cache_build(model, config, root, num_train: int, num_test: int) -> dict
 
 
 def from_run_records(records_dir: Path) -> dict | None:
-    """Cache and wall times that `python -m dmlutils train` stored in the cpu records."""
+    """Cache and wall times that `python -m dmlutils train` stored in the cpu records
+    (`<records_dir>/<run>/seed_<n>.json`; not their pictures files)."""
     cache, per_iteration = [], []
     threads = set()
-    for path in sorted(records_dir.glob("*.json")):
+    for path in sorted(p for p in records_dir.glob("*/seed_*.json") if re.fullmatch(r"seed_\d+\.json", p.name)):
         try:
             record = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):

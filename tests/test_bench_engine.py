@@ -82,3 +82,15 @@ def test_training_step_is_the_engines_step(amp, forward_dtype):
 def test_forward_flops_counts_a_linear_layer():
     layer = torch.nn.Linear(16, 8, bias=False)
     assert common.forward_flops(layer, torch.randn(5, 16)) == 2 * 5 * 16 * 8
+
+
+def test_the_run_record_summary_reads_the_committed_cpu_records_not_their_pictures():
+    import engine_cache
+
+    records = Path(__file__).resolve().parents[1] / "results" / "cpu"
+    summary = engine_cache.from_run_records(records)
+    import json
+
+    count = sum(json.loads(p.read_text()).get("kind") == "train" for p in records.glob("*/seed_*.json") if not p.name.endswith(".pictures.json"))
+    assert summary is not None and summary["records"] == count > 50  # the trained runs' records, each once
+    assert summary["records_dir"] == "results/cpu" and summary["threads"] == [1]
