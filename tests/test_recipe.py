@@ -109,6 +109,21 @@ def test_the_cpu_profile_runs_the_recipe_the_study_chose():
     assert PROFILE_VERSIONS["cpu"] >= 2
 
 
+def test_the_cpu_full_profile_runs_the_recipe_its_study_chose():
+    """Likewise for the whole-backbone regime: once its committed study is complete, the
+    cpu_full profile holds the choice, under a version newer than the study's start (1)."""
+    from dmlutils.profiles import PROFILE_VERSIONS
+
+    study = recipe.full_study()
+    chosen = recipe.final_recipe(recipe.REPO_RESULTS, study)
+    if chosen is None:
+        pytest.skip("the recipe study in results/cpu_full/recipe/ is not finished yet")
+    config = make_config("cpu_full", "multi_similarity", chosen)
+    for key in study.base:
+        assert PROFILES["cpu_full"][key] == recipe.profile_settings(config)[key], key
+    assert PROFILE_VERSIONS["cpu_full"] >= 2
+
+
 def test_an_open_stage_shows_its_kept_candidate_from_the_stage_before(tiny_study, tmp_path):
     results = tmp_path / "results"
     recipe.run_recipe_study(results, tmp_path / "runs", processes=1, profile="smoke", echo=lambda *_: None)
