@@ -47,6 +47,8 @@ class DamagedRecord(ValueError):
 # results/README.md), so that reading needs nothing of the planning that knows the runs:
 # (pattern of the path's tail, kind of file, command). The first pattern that matches wins.
 _REMAKE = (
+    # a benchmark's report (benchmarks/run_all.py): its numbers wrapped with their provenance
+    (r"benchmarks/(?P<name>[^/.]+)\.json", "benchmark report", 'make bench BENCH_ARGS="--only {name}"'),
     # a run's pictures (dmlutils.pictures): a verification re-run draws them again without touching the record
     (r"(?P<profile>[^/]+)/(?P<name>[^/]+)/seed_(?P<seed>\d+)\.pictures\.json", "pictures file",
      "python -m dmlutils verify --profile {profile} --pictures --runs {name}:{seed}"),
@@ -69,6 +71,7 @@ REQUIRED_KEYS = {
     "recipe selection": ("scores", "records", "chosen", "recipe"),
     "verification report": ("checks", "passed"),
     "pictures file": ("kind", "pictures_version", "queries", "map", "batch"),
+    "benchmark report": ("name", "provenance", "report"),
 }
 PICTURES_SUFFIX = ".pictures.json"  # beside a record: what its run draws, not a record
 
@@ -90,7 +93,7 @@ def _place(path) -> tuple[str, str | None]:
         fields["seed_option"] = f" --set seed={fields['seed']}" if fields.get("seed", "0") != "0" else ""
         command = command.format(**fields)
         results = text[: match.start()] or "."  # the results folder the pattern's tail sits in
-        if Path(results).resolve() != DEFAULT_RESULTS.resolve():
+        if command.startswith("python -m dmlutils") and Path(results).resolve() != DEFAULT_RESULTS.resolve():
             command += f" --results {results}"
         return kind, command
     return "run record", None

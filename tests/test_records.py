@@ -216,6 +216,18 @@ def test_the_command_that_re_makes_a_record_follows_its_place_in_the_results_lay
     assert remake_command(tmp_path / "elsewhere" / place) == f"{command} --results {tmp_path / 'elsewhere'}"
 
 
+def test_a_damaged_benchmark_report_names_the_make_bench_that_re_makes_it(tmp_path):
+    from dmlutils.records import DamagedRecord, read_record, remake_command
+
+    assert remake_command(DEFAULT_RESULTS / "benchmarks" / "whole_backbone.json") == 'make bench BENCH_ARGS="--only whole_backbone"'
+    report = tmp_path / "benchmarks" / "losses.json"
+    report.parent.mkdir()
+    report.write_text('{"name": "losses", "report": {}}')  # unwrapped: the suite wraps it with its provenance
+    with pytest.raises(DamagedRecord, match=r"(?s)Damaged benchmark report .*losses.json: it lacks 'provenance'.*"
+                                            r'make bench BENCH_ARGS="--only losses"$'):
+        read_record(report)
+
+
 def test_a_damaged_study_selection_says_so(tmp_path):
     from dmlutils.records import DamagedRecord, load_study
 
@@ -247,8 +259,8 @@ def test_every_committed_record_reads_whole():
     """The keys `read_record` requires are ones every committed record, selection and report has."""
     from dmlutils.records import read_record
 
-    paths = sorted(p for p in DEFAULT_RESULTS.rglob("*.json") if "benchmarks" not in p.parts)
-    assert len(paths) > 100
+    paths = sorted(DEFAULT_RESULTS.rglob("*.json"))
+    assert len(paths) > 100 and any("benchmarks" in p.parts for p in paths)
     for path in paths:
         read_record(path)
 
