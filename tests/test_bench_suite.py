@@ -356,3 +356,6 @@ def test_the_whole_backbone_report_derives_its_ratio_and_rate_from_its_own_times
     assert parallel["steps_per_minute_two_runs"] == pytest.approx(sum(60 / s for s in parallel["two_runs_one_thread_seconds_per_step"]))
     assert parallel["faster"] == ("two runs side by side" if parallel["steps_per_minute_two_runs"] > parallel["steps_per_minute_one_run"]
                                   else "one run on two threads")
+    kept = report["report"]["allocator"]  # CI runs on glibc
+    assert kept["speedup"] == pytest.approx(kept["default"]["seconds_per_step"] / kept["kept"]["seconds_per_step"])
+    assert "defaults" in kept["default"]["allocator"] and "kept" in kept["kept"]["allocator"]  # each process did as told

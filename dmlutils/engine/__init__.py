@@ -9,7 +9,8 @@
 * `loop`       — `train`: windows of steps between evaluations, checkpoints, Ctrl-C/SIGTERM;
 * `checkpoint` — the record a run starts, its checkpoints, and resuming from one;
 * `evaluation` — `embed` and `test_metrics`;
-* `baseline`   — the untrained baseline, and building an activation cache ahead of a run.
+* `baseline`   — the untrained baseline, and building an activation cache ahead of a run;
+* `allocator`  — glibc told to keep freed memory: a CPU step stops faulting its pages in again.
 
 The activation cache itself lives in `dmlutils.cache`, the records' atomic writer and
 provenance in `dmlutils.provenance`.

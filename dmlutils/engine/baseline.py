@@ -11,6 +11,7 @@ import torch
 from ..cache import activation_cache, activation_cache_path
 from ..profiles import PROFILE_VERSIONS
 from ..provenance import code_version, environment, write_json
+from . import allocator
 from .build import build_backbone, build_datasets, build_model, default_device, evaluated_on, hold_out_validation
 from .checkpoint import RECORD_VERSION, now
 from .evaluation import embed, test_metrics
@@ -29,6 +30,8 @@ def prepare_cache(config: dict, root=None, progress: bool = True) -> Path:
 def baseline(config: dict, root=None, record_path=None, device=None, progress: bool = True) -> dict:
     """The pretrained backbone's globally pooled features, no metric learning: the floor."""
     device = torch.device(device) if device is not None else default_device()
+    if device.type == "cpu":
+        allocator.keep_freed_memory()
     train_set, test_set = build_datasets(config, root)
     if config["validation_classes"]:
         test_set = hold_out_validation(config, train_set, root)[1]
@@ -54,7 +57,7 @@ def baseline(config: dict, root=None, record_path=None, device=None, progress: b
         "config": config,
         "git": code_version(),
         "device": str(device),
-        "environment": environment(),
+        "environment": {**environment(), "allocator": allocator.describe()},
         "data": {"test": test_set.fingerprint()},
         "evaluated_on": evaluated_on(config, test_set),
         "wall_time_seconds": time.perf_counter() - t0,

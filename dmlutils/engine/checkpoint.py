@@ -21,6 +21,7 @@ import torch
 from ..losses import hparams_of
 from ..profiles import PROFILE_VERSIONS, PROFILES
 from ..provenance import atomic_write_bytes, code_version, environment
+from . import allocator
 from .build import evaluated_on
 
 RECORD_VERSION = 1
@@ -49,7 +50,7 @@ def new_record(config: dict, world_size: int, device, base_loss, model, train_se
         "config": config,
         "git": code_version(),
         "device": str(device),
-        "environment": environment(),
+        "environment": {**environment(), "allocator": allocator.describe()},
         "data": {"train": train_set.fingerprint(), "test": eval_set.fingerprint()},  # no machine paths: dmlutils.data.data_fingerprint
         "evaluated_on": evaluated_on(config, eval_set),
         "cache_seconds": cache_seconds,
