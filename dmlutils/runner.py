@@ -63,11 +63,12 @@ _CUB_TRAIN_IMAGES, _CUB_TEST_IMAGES = 5864, 5924
 
 # The whole backbone on decoded images (cpu_full), 224 px, batch 80: seconds per training
 # step and per evaluated image, by threads, as benchmarks/bench_whole_backbone.py measured
-# them on a quiet machine (results/benchmarks/whole_backbone.md: float32, 2 threads 5.0 s per
-# step and 0.012 s per image; two one-thread runs side by side 10.6-11.0 s per step each,
-# taken here as the one-thread figure).
-_DECODED_STEP_SECONDS = {1: 10.8, 2: 5.0}
-_DECODED_EVAL_SECONDS_PER_IMAGE = {1: 0.024, 2: 0.012}
+# them on a quiet machine with freed memory kept (results/benchmarks/whole_backbone.md:
+# float32, 2 threads 2.6 s per step and 0.0095 s per image; two one-thread runs side by
+# side 4.9-5.0 s per step each, taken here as the one-thread figure, and the image twice the
+# two-thread time). Before dmlutils.engine.allocator the step took 5.0-6.1 s on 2 threads.
+_DECODED_STEP_SECONDS = {1: 4.95, 2: 2.6}
+_DECODED_EVAL_SECONDS_PER_IMAGE = {1: 0.019, 2: 0.0095}
 _DECODE_SECONDS = 60.0  # every image decoded and resized once, at the start of a run
 
 
@@ -145,6 +146,7 @@ def plan(jobs: list[Job], processes: int, is_done=None, measured: tuple[float, i
     of each training run (those records' times include whatever ran beside them)."""
     is_done = is_done or (lambda job: finished(job.record_path))
     todo = [job for job in jobs if not is_done(job)]
+    processes = min(processes, max(1, len(todo)))  # a lone run takes every core in this process (run_jobs)
     lines = [f"{len(jobs)} runs, {len(jobs) - len(todo)} with a record already; {len(todo)} to run, {processes} at a time:"]
     total = 0.0
     slowdown = SIDE_BY_SIDE_SLOWDOWN if min(processes, len(todo)) > 1 else 1.0
@@ -175,6 +177,8 @@ def run_jobs(jobs: list[Job], processes: int = 1, progress: bool = True, echo=pr
         if not os.access(Path(job.record_path).parent, os.W_OK):
             raise PermissionError(f"cannot write run records to {Path(job.record_path).parent}")
     results = {}
+    # One run left: it takes every core in this process, not one core in a worker beside nothing.
+    processes = min(processes, len(todo))
     if processes <= 1:
         bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
         for job in todo:  # in this process: the run's own progress bar, and a GPU if there is one

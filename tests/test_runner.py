@@ -86,8 +86,23 @@ def test_the_plan_of_one_process_estimates_a_whole_backbone_run_on_every_core(mo
 
     monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
     job = runner.Job("full", make_config("cpu_full", "multi_similarity", {"seed": 0}), None, None)
+    other = runner.Job("other", make_config("cpu_full", "multi_similarity", {"seed": 1}), None, None)
     minutes = lambda text: float(text.splitlines()[1].split("about")[1].split("min")[0])  # noqa: E731
-    one_process, two_processes = runner.plan([job], 1, lambda j: False), runner.plan([job], 2, lambda j: False)
+    one_process, two_processes = runner.plan([job], 1, lambda j: False), runner.plan([job, other], 2, lambda j: False)
     assert minutes(one_process) == pytest.approx(runner.estimate_seconds(job, threads=2) / 60, abs=0.1)
-    assert minutes(two_processes) == pytest.approx(runner.estimate_seconds(job, threads=1) / 60, abs=0.1)
+    assert minutes(two_processes) == pytest.approx(runner.estimate_seconds(job, threads=1) * runner.SIDE_BY_SIDE_SLOWDOWN / 60, abs=0.1)
     assert minutes(one_process) < 0.6 * minutes(two_processes)
+    # A lone run left for two processes runs in this one, on every core, and is planned so.
+    assert runner.plan([job], 2, lambda j: False) == one_process
+
+
+def test_a_lone_run_left_for_two_processes_trains_in_this_process(tmp_path, monkeypatch):
+    from dmlutils import runner
+
+    ran = []
+    monkeypatch.setattr(runner, "_run", lambda job, progress=False, device=None: ran.append(job.name) or (job.name, 1.0, {}))
+    monkeypatch.setattr(runner.futures, "ProcessPoolExecutor", None)  # a worker pool would fail here
+    job = runner.Job("lone", {}, tmp_path / "lone.json", tmp_path / "run")
+    monkeypatch.setattr(runner, "plan", lambda *args, **kwargs: "plan")
+    assert runner.run_jobs([job], processes=2, progress=False, echo=lambda line: None, is_done=lambda j: False) == {"lone": {}}
+    assert ran == ["lone"]
