@@ -27,9 +27,10 @@ recipe (a test checks that they agree).
 The same machinery chooses the `cpu_full` profile's recipe (the whole backbone fine-tuned
 on decoded images, `FULL`): its learning rates, warm-up and length, each candidate within
 `FULL_BUDGET_MINUTES` for one run of the profile it would become, on this machine's two
-cores (a whole-backbone run trains one at a time, on both threads):
+cores (the budget counts one run on both threads; two one-thread runs side by side finish
+a pair of candidates about as soon, 4% sooner in results/benchmarks/whole_backbone.md):
 
-    python -m dmlutils recipe --profile cpu_full
+    python -m dmlutils recipe --profile cpu_full [--processes 2]
 
 writes the same files under `results/cpu_full/recipe/`.
 """
