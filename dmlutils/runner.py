@@ -146,19 +146,21 @@ def plan(jobs: list[Job], processes: int, is_done=None, measured: tuple[float, i
     of each training run (those records' times include whatever ran beside them)."""
     is_done = is_done or (lambda job: finished(job.record_path))
     todo = [job for job in jobs if not is_done(job)]
-    processes = min(processes, max(1, len(todo)))  # a lone run takes every core in this process (run_jobs)
+    processes = min(processes, max(1, len(todo)))
+    side_by_side = len(todo) - len(todo) % processes if processes > 1 else 0  # the rest run here, on every core (run_jobs)
     lines = [f"{len(jobs)} runs, {len(jobs) - len(todo)} with a record already; {len(todo)} to run, {processes} at a time:"]
-    total = 0.0
-    slowdown = SIDE_BY_SIDE_SLOWDOWN if min(processes, len(todo)) > 1 else 1.0
-    # One process runs its jobs here, on torch's default threads (every core); workers take one each.
-    threads = (os.cpu_count() or 1) if processes <= 1 else 1
-    for job in todo:
+    total = wall = 0.0
+    for index, job in enumerate(todo):
+        # Workers take one thread each; this process runs on torch's default threads (every core).
+        together = index < side_by_side
+        threads, slowdown = (1, SIDE_BY_SIDE_SLOWDOWN) if together else (os.cpu_count() or 1, 1.0)
         seconds = measured[0] if measured and job.kind == "train" else estimate_seconds(job, threads) * slowdown
         total += seconds
-        lines.append(f"  {job.name:<40} about {seconds / 60:5.1f} min")
+        wall += seconds / processes if together else seconds
+        lines.append(f"  {job.name:<40} about {seconds / 60:5.1f} min" + (" (side by side)" if together and processes > 1 else ""))
     if todo:
         source = f"training runs at the median wall time of {measured[1]} records made before" if measured else "estimate"
-        lines.append(f"about {total / 60:.0f} CPU-minutes, {total / 60 / max(1, min(processes, len(todo))):.0f} minutes of wall time ({source})")
+        lines.append(f"about {total / 60:.0f} CPU-minutes, {wall / 60:.0f} minutes of wall time ({source})")
     return "\n".join(lines)
 
 
@@ -177,20 +179,20 @@ def run_jobs(jobs: list[Job], processes: int = 1, progress: bool = True, echo=pr
         if not os.access(Path(job.record_path).parent, os.W_OK):
             raise PermissionError(f"cannot write run records to {Path(job.record_path).parent}")
     results = {}
-    # One run left: it takes every core in this process, not one core in a worker beside nothing.
     processes = min(processes, len(todo))
-    if processes <= 1:
-        bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
-        for job in todo:  # in this process: the run's own progress bar, and a GPU if there is one
-            _report(bar, echo, results, *_run(job, progress=progress, device=device))
-        bar.close()
-        return results
-    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the workers before torch loads there
-    context = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
-        pending = [pool.submit(_run, job, False, device or "cpu") for job in todo]
-        bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
-        for future in futures.as_completed(pending):
-            _report(bar, echo, results, *future.result())
-        bar.close()
+    # Side by side in whole rounds of `processes` runs; the runs left over (fewer than a
+    # round) then train one after another in this process on every core, not each on one
+    # core in a worker beside an idle one.
+    side_by_side = len(todo) - len(todo) % processes if processes > 1 else 0
+    bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
+    if side_by_side:
+        os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the workers before torch loads there
+        context = multiprocessing.get_context("spawn")
+        with futures.ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)) as pool:
+            pending = [pool.submit(_run, job, False, device or "cpu") for job in todo[:side_by_side]]
+            for future in futures.as_completed(pending):
+                _report(bar, echo, results, *future.result())
+    for job in todo[side_by_side:]:  # in this process: the run's own progress bar, and a GPU if there is one
+        _report(bar, echo, results, *_run(job, progress=progress, device=device))
+    bar.close()
     return results

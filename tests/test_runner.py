@@ -106,3 +106,44 @@ def test_a_lone_run_left_for_two_processes_trains_in_this_process(tmp_path, monk
     monkeypatch.setattr(runner, "plan", lambda *args, **kwargs: "plan")
     assert runner.run_jobs([job], processes=2, progress=False, echo=lambda line: None, is_done=lambda j: False) == {"lone": {}}
     assert ran == ["lone"]
+
+
+def test_runs_left_over_from_whole_rounds_train_in_this_process_on_every_core(tmp_path, monkeypatch):
+    from concurrent import futures
+
+    from dmlutils import runner
+
+    where = {}
+
+    class InlinePool:  # stands for the worker pool: runs each submitted job at once, noting it went to a worker
+        def __init__(self, max_workers, **kwargs):
+            self.max_workers = max_workers
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, function, job, *args):
+            where[job.name] = f"worker of {self.max_workers}"
+            future = futures.Future()
+            future.set_result((job.name, 1.0, {}))
+            return future
+
+    def in_this_process(job, progress=False, device=None):
+        where[job.name] = "this process"
+        return job.name, 1.0, {}
+
+    monkeypatch.setattr(runner.futures, "ProcessPoolExecutor", InlinePool)
+    monkeypatch.setattr(runner, "_run", in_this_process)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    jobs = [runner.Job(name, {}, tmp_path / f"{name}.json", tmp_path / name) for name in ("a", "b", "c")]
+    monkeypatch.setattr(runner, "estimate_seconds", lambda job, threads=1: 600.0 * (2 if threads == 1 else 1))
+    text = runner.plan(jobs, 2, lambda j: False)
+    runner.run_jobs(jobs, processes=2, progress=False, echo=lambda line: None, is_done=lambda j: False)
+    assert where == {"a": "worker of 2", "b": "worker of 2", "c": "this process"}
+    # a and b: 20 min each on one thread, slowed side by side, together; then c alone in 10 min on two threads
+    pair = 20 * runner.SIDE_BY_SIDE_SLOWDOWN
+    assert f"{round(pair + 10)} minutes of wall time" in text and "(side by side)" in text.splitlines()[1]
+    assert "(side by side)" not in text.splitlines()[3]
