@@ -81,52 +81,54 @@ def time_precision(amp: str, size: dict, steps: int, warmup: int, root=None) -> 
             "eval_images": len(run.eval_set), "eval_seconds_per_image": eval_times[0] / len(run.eval_set)}
 
 
-def _bare_step_seconds(size: dict, steps: int, warmup: int, threads: int, root, start=None, results=None) -> float:
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: Linux keeps
+    that across exec, so a spawned process would report its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _bare_step(size: dict, steps: int, warmup: int, threads: int, root, start=None, results=None) -> dict:
+    """The bare step of one batch in memory: its median seconds, and its CPU time, page
+    faults and this process's peak memory (for the allocator's comparison)."""
     torch.set_num_threads(threads)
-    config, run = build(size, root)
+    config, run = build(size, root)  # build_run keeps freed memory unless DML_KEEP_FREED_MEMORY=0
     x, y = next(iter(run.source.batches(run.sampler, 0, 1)))
     run.trained.train()
     step = training_step(run.trained, run.loss_fn, run.optimizer, config)
     if start is not None:
         start.wait()
-    seconds = median(time_calls(lambda: step(x, y), steps, warmup))
+    time_calls(lambda: step(x, y), warmup, 0)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    seconds = time_calls(lambda: step(x, y), steps, 0)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    measured = {"allocator": allocator.describe(), "threads": threads, "seconds_per_step": median(seconds),
+                "user_seconds_per_step": (after.ru_utime - before.ru_utime) / steps,
+                "system_seconds_per_step": (after.ru_stime - before.ru_stime) / steps,
+                "page_faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
+                "peak_rss_mib": peak_rss_mib()}
     if results is not None:
-        results.put(seconds)
-    return seconds
+        results.put(measured)
+    return measured
 
 
 def one_or_two_runs(size: dict, steps: int, warmup: int, root=None) -> dict:
     """Steps per minute of the machine: one run on two threads, or two runs on one thread each."""
-    alone = _bare_step_seconds(size, steps, warmup, 2, root)
+    alone = _bare_step(size, steps, warmup, 2, root)["seconds_per_step"]
     context = multiprocessing.get_context("spawn")
     start, results = context.Barrier(2), context.Queue()
-    twins = [context.Process(target=_bare_step_seconds, args=(size, steps, warmup, 1, root, start, results)) for _ in range(2)]
+    twins = [context.Process(target=_bare_step, args=(size, steps, warmup, 1, root, start, results)) for _ in range(2)]
     for twin in twins:
         twin.start()
-    both = [results.get(timeout=3600) for _ in twins]
+    both = [results.get(timeout=3600)["seconds_per_step"] for _ in twins]
     for twin in twins:
         twin.join()
     one, two = 60 / alone, sum(60 / s for s in both)
     return {"one_run_two_threads_seconds_per_step": alone, "two_runs_one_thread_seconds_per_step": both,
             "steps_per_minute_one_run": one, "steps_per_minute_two_runs": two,
             "faster": "one run on two threads" if one >= two else "two runs side by side"}
-
-
-def _allocator_step(size: dict, steps: int, warmup: int, threads: int, root, results) -> None:
-    torch.set_num_threads(threads)
-    config, run = build(size, root)  # build_run keeps freed memory unless DML_KEEP_FREED_MEMORY=0
-    x, y = next(iter(run.source.batches(run.sampler, 0, 1)))
-    run.trained.train()
-    step = training_step(run.trained, run.loss_fn, run.optimizer, config)
-    time_calls(lambda: step(x, y), warmup, 0)
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    seconds = time_calls(lambda: step(x, y), steps, 0)
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    results.put({"allocator": allocator.describe(), "threads": threads, "seconds_per_step": median(seconds),
-                 "user_seconds_per_step": (after.ru_utime - before.ru_utime) / steps,
-                 "system_seconds_per_step": (after.ru_stime - before.ru_stime) / steps,
-                 "page_faults_per_step": (after.ru_minflt - before.ru_minflt) / steps,
-                 "peak_rss_mib": after.ru_maxrss / 1024})
 
 
 def allocator_effect(size: dict, steps: int, warmup: int, threads: int, root=None) -> dict:
@@ -139,7 +141,7 @@ def allocator_effect(size: dict, steps: int, warmup: int, threads: int, root=Non
         os.environ[allocator.ENVIRONMENT_SWITCH] = switch  # a spawned process reads it when its run starts
         try:
             results = context.Queue()
-            process = context.Process(target=_allocator_step, args=(size, steps, warmup, threads, root, results))
+            process = context.Process(target=_bare_step, args=(size, steps, warmup, threads, root, None, results))
             process.start()
             rows[name] = results.get(timeout=3600)
             process.join()

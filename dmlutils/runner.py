@@ -140,14 +140,21 @@ def _report(bar, echo, results: dict, name: str, seconds: float, final: dict) ->
     (echo if bar.disable else bar.write)(line)
 
 
+def _rounds(count: int, processes: int) -> tuple[int, int]:
+    """(processes, how many of `count` runs go side by side): whole rounds of `processes`
+    runs; the runs left over (fewer than a round) train one after another in this process
+    on every core, not each on one core in a worker beside an idle one."""
+    processes = min(processes, max(1, count))
+    return processes, (count - count % processes if processes > 1 else 0)
+
+
 def plan(jobs: list[Job], processes: int, is_done=None, measured: tuple[float, int] | None = None) -> str:
     """What a batch will run and its time. `measured`: (median wall seconds, count) of the
     training records already made at this profile, which replaces the first-guess estimate
     of each training run (those records' times include whatever ran beside them)."""
     is_done = is_done or (lambda job: finished(job.record_path))
     todo = [job for job in jobs if not is_done(job)]
-    processes = min(processes, max(1, len(todo)))
-    side_by_side = len(todo) - len(todo) % processes if processes > 1 else 0  # the rest run here, on every core (run_jobs)
+    processes, side_by_side = _rounds(len(todo), processes)
     lines = [f"{len(jobs)} runs, {len(jobs) - len(todo)} with a record already; {len(todo)} to run, {processes} at a time:"]
     total = wall = 0.0
     for index, job in enumerate(todo):
@@ -157,7 +164,7 @@ def plan(jobs: list[Job], processes: int, is_done=None, measured: tuple[float, i
         seconds = measured[0] if measured and job.kind == "train" else estimate_seconds(job, threads) * slowdown
         total += seconds
         wall += seconds / processes if together else seconds
-        lines.append(f"  {job.name:<40} about {seconds / 60:5.1f} min" + (" (side by side)" if together and processes > 1 else ""))
+        lines.append(f"  {job.name:<40} about {seconds / 60:5.1f} min" + (" (side by side)" if together else ""))
     if todo:
         source = f"training runs at the median wall time of {measured[1]} records made before" if measured else "estimate"
         lines.append(f"about {total / 60:.0f} CPU-minutes, {wall / 60:.0f} minutes of wall time ({source})")
@@ -179,11 +186,7 @@ def run_jobs(jobs: list[Job], processes: int = 1, progress: bool = True, echo=pr
         if not os.access(Path(job.record_path).parent, os.W_OK):
             raise PermissionError(f"cannot write run records to {Path(job.record_path).parent}")
     results = {}
-    processes = min(processes, len(todo))
-    # Side by side in whole rounds of `processes` runs; the runs left over (fewer than a
-    # round) then train one after another in this process on every core, not each on one
-    # core in a worker beside an idle one.
-    side_by_side = len(todo) - len(todo) % processes if processes > 1 else 0
+    processes, side_by_side = _rounds(len(todo), processes)
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
     if side_by_side:
         os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the workers before torch loads there

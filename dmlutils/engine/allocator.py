@@ -4,14 +4,15 @@ PyTorch's CPU tensors come from `malloc`. glibc serves a block above its mmap th
 (128 KiB, rising to at most 32 MiB as it adapts) with a fresh `mmap` and hands it back to
 the kernel on `free`. A whole-backbone step allocates and frees gigabytes of activations
 and gradients, so every step the kernel faults in and zeroes those pages again: on this
-project's 2-core machine the cpu_full step took 5.5 s, with 5.1 s of user time and 5.2 s
-of system time on its two threads, and 3 million page faults.
+project's 2-core machine the cpu_full step spent more CPU time in the kernel than in
+PyTorch, with millions of page faults a step.
 
 `keep_freed_memory()` asks glibc (`mallopt`) to serve every block from its heap
 (`M_MMAP_MAX` 0) and to keep up to 2 GiB of freed memory at the heap's top instead of
 returning it (`M_TRIM_THRESHOLD`). After the first step the process re-uses its own pages:
-no page faults, no system time, and the same step in 2.6 s, at a peak RSS a few percent
-higher. `benchmarks/bench_whole_backbone.py` measures the step both ways in fresh processes.
+no page faults and no system time. `benchmarks/bench_whole_backbone.py` measures the step
+both ways in fresh processes: its time, CPU time, page faults and peak memory
+(results/benchmarks/whole_backbone.md).
 
 The allocator changes no number a run computes. It applies to the whole process, from the
 call on, and cannot be taken back, so the engine calls it when a run starts on the CPU;

@@ -117,7 +117,7 @@ def build_run(config, context, root=None, progress=True) -> Run:
     torch.manual_seed(config["seed"])
     device = context.device
     if device.type == "cpu":
-        keep_freed_memory()  # a step re-uses its pages instead of faulting them in again: 2x on cpu_full
+        keep_freed_memory()  # a step re-uses its pages instead of faulting them in again (engine.allocator)
     train_set, test_set = build_datasets(config, root)
     model = build_model(config).to(device)
     train_set, eval_set, source = make_source(config, model, train_set, test_set, device, context.rank, context.world_size, root, progress)
