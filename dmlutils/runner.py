@@ -64,9 +64,10 @@ _CUB_TRAIN_IMAGES, _CUB_TEST_IMAGES = 5864, 5924
 # The whole backbone on decoded images (cpu_full), 224 px, batch 80: seconds per training
 # step and per evaluated image, by threads, as benchmarks/bench_whole_backbone.py measured
 # them on a quiet machine with freed memory kept (results/benchmarks/whole_backbone.md:
-# float32, 2 threads 2.6 s per step and 0.0095 s per image; two one-thread runs side by
-# side 4.9-5.0 s per step each, taken here as the one-thread figure, and the image twice the
-# two-thread time). Before dmlutils.engine.allocator the step took 5.0-6.1 s on 2 threads.
+# float32, 2 threads 2.6-2.7 s per step and 0.0095-0.0099 s per image in two runs of it;
+# two one-thread runs side by side 4.9-5.1 s per step each, taken here as the one-thread
+# figure, and the image twice the two-thread time). With glibc's default malloc the same
+# step took 5.2-6.1 s on 2 threads.
 _DECODED_STEP_SECONDS = {1: 4.95, 2: 2.6}
 _DECODED_EVAL_SECONDS_PER_IMAGE = {1: 0.019, 2: 0.0095}
 _DECODE_SECONDS = 60.0  # every image decoded and resized once, at the start of a run
