@@ -46,6 +46,23 @@ def test_stages_choose_on_validation_keep_choices_and_reuse_records(tiny_study, 
     assert all(row["record"] is not None for stage in loaded["stages"] for row in stage["rows"])
 
 
+def test_resuming_a_finished_study_leaves_its_selections_as_they_were(tiny_study, tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    recipe.run_recipe_study(results, tmp_path / "runs", processes=1, profile="smoke", echo=lambda *_: None)
+    selections = sorted((results / "smoke/recipe").glob("*/selection.json"))
+    before = {path: path.read_bytes() for path in selections}
+    monkeypatch.setattr("dmlutils.engine.code_version", lambda: {"commit": "f" * 40, "dirty": False})  # a later commit
+    recipe.run_recipe_study(results, tmp_path / "runs", processes=1, profile="smoke", echo=lambda *_: None)
+    assert len(selections) == 2 and all(path.read_bytes() == before[path] for path in selections)
+    # ...but a selection that no longer says what the records say is written again, at the new commit
+    stale = json.loads(selections[0].read_text())
+    stale["scores"] = {name: 0.0 for name in stale["scores"]}
+    selections[0].write_text(json.dumps(stale))
+    recipe.run_recipe_study(results, tmp_path / "runs", processes=1, profile="smoke", echo=lambda *_: None)
+    rewritten = json.loads(selections[0].read_text())
+    assert rewritten["scores"] != stale["scores"] and rewritten["git"]["commit"] == "f" * 40
+
+
 def test_a_candidate_whose_matrix_exceeds_the_budget_is_shown_but_not_chosen(tiny_study, tmp_path, monkeypatch):
     monkeypatch.setattr(recipe, "matrix_hours", lambda r, processes=2: 99.0 if r.get("lr") == 3e-3 else 1.0)
     results = tmp_path / "results"
