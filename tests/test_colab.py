@@ -21,7 +21,7 @@ papermill = pytest.importorskip("papermill")
 
 from data_fixtures import make_cub, make_tar_gz, md5_of  # noqa: E402
 
-from dmlutils import book, colab, manifest  # noqa: E402
+from dmlutils import book, colab, manifest, regimes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = book.chapter_notebooks(ROOT / "notebooks")
@@ -35,7 +35,12 @@ def committed_profiles() -> set[str]:
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_a_chapter_opened_directly_reads_the_profile_whose_records_are_committed(notebook):
-    assert committed_profiles() == {book.DEFAULT_PROFILE}, "the default profile must be the one whose records are committed"
+    # The default profile's records are committed, and so may be those of the regimes its
+    # chapters show beside it (cpu_full at cpu), which that profile's chapters read.
+    committed, shown = committed_profiles(), set(regimes.regimes(book.DEFAULT_PROFILE))
+    assert book.DEFAULT_PROFILE in committed and committed <= shown, (
+        f"records are committed for {sorted(committed)}, but a chapter opened directly reads {book.DEFAULT_PROFILE} "
+        f"and the regimes it shows ({sorted(shown)})")
     defaults = papermill.inspect_notebook(str(notebook))
     assert defaults["profile"]["default"] == f'"{book.DEFAULT_PROFILE}"', (
         f"{notebook.name}: its parameters cell sets profile = {defaults['profile']['default']}; a reader who opens it "
