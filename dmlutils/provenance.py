@@ -57,6 +57,28 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def write_decision(path: Path, decision: dict) -> dict:
+    """Write a study's decision (a `selection.json`) with the commit and time it was made,
+    unless the file already says the same: a resumed study decides its finished stages again,
+    and rewriting them would change only the commit and time, and dirty a committed tree
+    under the runs that follow. A decision that differs from the file is written anew.
+    Returns the decision as the file holds it."""
+    import datetime
+
+    decision = json.loads(json.dumps(decision, default=_jsonable))
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if isinstance(old, dict) and {k: v for k, v in old.items() if k not in ("git", "written")} == decision:
+            return old
+    decision = {**decision, "git": code_version(),
+                "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    write_json(path, decision)
+    return decision
+
+
 _CODE_VERSION: dict | None = None
 
 

@@ -36,7 +36,6 @@ writes the same files under `results/cpu_full/recipe/`.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,28 +269,9 @@ def _recipe_of(selection: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in selection["recipe"].items()}
 
 
-def _write_selection(path: Path, selection: dict) -> None:
-    """Write a stage's selection with the commit and time it was made, unless the file
-    already says the same: a resumed study re-reads its finished stages, and rewriting
-    them would only change the commit and time, and leave a committed tree dirty."""
-    from . import engine
-    from .provenance import _jsonable
-
-    selection = json.loads(json.dumps(selection, default=_jsonable))
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            old = None
-        if isinstance(old, dict) and {k: v for k, v in old.items() if k not in ("git", "written")} == selection:
-            return
-    engine.write_json(path, {**selection, "git": engine.code_version(),
-                             "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
-
-
 def run_recipe_study(results="results", runs="runs", processes: int = 1, root=None, profile: str = PROFILE, progress=True, echo=print) -> dict:
     """Run the stages in order (each one's candidates side by side); returns the recipe."""
-    from .provenance import _jsonable
+    from .provenance import _jsonable, write_decision
     from .records import read_record
     from .runner import Job, run_jobs
 
@@ -336,7 +316,7 @@ def run_recipe_study(results="results", runs="runs", processes: int = 1, root=No
         best = max(scores[n] for n in eligible)
         chosen = next(n for n in eligible if scores[n] == best)  # ties: the kept recipe
         recipe = settings[chosen]
-        _write_selection(folder / stage / "selection.json", {
+        write_decision(folder / stage / "selection.json", {
             "stage": stage,
             "question": question,
             "criterion": f"final validation {CRITERION}",

@@ -23,7 +23,6 @@ valid records are reused, and interrupted runs resume from their checkpoints.
 """
 from __future__ import annotations
 
-import datetime as _dt
 from pathlib import Path
 
 from .names import default_name, loss_name, setting_name  # noqa: F401  (default_name: re-exported)
@@ -184,8 +183,8 @@ def choose(loss: str, profile: str = "cpu", results="results", runs="runs", root
     that record ran exactly the chosen setting (nothing is trained twice), else
     `tuned/<loss>/seed_<n>.json`.
     """
-    from . import engine
     from .manifest import record_path, valid_record
+    from .provenance import write_decision
     from .profiles import PROFILE_VERSIONS, make_config
     from .runner import Job
 
@@ -215,11 +214,8 @@ def choose(loss: str, profile: str = "cpu", results="results", runs="runs", root
         "chosen": chosen,
         "overrides": settings[chosen],
         "test_records": test_records,
-        "git": engine.code_version(),
-        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    engine.write_json(study_dir(results, profile, loss) / "selection.json", selection)
-    return selection, jobs
+    return write_decision(study_dir(results, profile, loss) / "selection.json", selection), jobs
 
 
 def run_studies(losses, profile: str = "cpu", results="results", runs="runs", processes: int = 1, root=None, device=None,

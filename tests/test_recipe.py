@@ -51,7 +51,7 @@ def test_resuming_a_finished_study_leaves_its_selections_as_they_were(tiny_study
     recipe.run_recipe_study(results, tmp_path / "runs", processes=1, profile="smoke", echo=lambda *_: None)
     selections = sorted((results / "smoke/recipe").glob("*/selection.json"))
     before = {path: path.read_bytes() for path in selections}
-    monkeypatch.setattr("dmlutils.engine.code_version", lambda: {"commit": "f" * 40, "dirty": False})  # a later commit
+    monkeypatch.setattr("dmlutils.provenance.code_version", lambda: {"commit": "f" * 40, "dirty": False})  # a later commit
     recipe.run_recipe_study(results, tmp_path / "runs", processes=1, profile="smoke", echo=lambda *_: None)
     assert len(selections) == 2 and all(path.read_bytes() == before[path] for path in selections)
     # ...but a selection that no longer says what the records say is written again, at the new commit

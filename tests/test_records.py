@@ -335,3 +335,16 @@ def test_a_changed_record_does_not_make_the_code_dirty_but_changed_code_does(tmp
     assert provenance.git_commit()["dirty"] is False
     (tmp_path / "code.py").write_text("x = 2\n")
     assert provenance.git_commit()["dirty"] is True
+
+
+def test_a_decision_is_rewritten_only_when_it_changes(tmp_path, monkeypatch):
+    from dmlutils import provenance
+
+    path = tmp_path / "selection.json"
+    first = provenance.write_decision(path, {"chosen": "a", "scores": {"a": 0.5}, "recipe": {"milestones": (1, 2)}})
+    written = path.read_bytes()
+    monkeypatch.setattr(provenance, "code_version", lambda: {"commit": "f" * 40, "dirty": False})  # a later commit
+    assert provenance.write_decision(path, {"chosen": "a", "scores": {"a": 0.5}, "recipe": {"milestones": (1, 2)}}) == first
+    assert path.read_bytes() == written  # same decision (tuples read back as lists): the file stays as it was
+    changed = provenance.write_decision(path, {"chosen": "b", "scores": {"a": 0.5}, "recipe": {"milestones": (1, 2)}})
+    assert changed["chosen"] == "b" and changed["git"]["commit"] == "f" * 40 and json.loads(path.read_text()) == changed
