@@ -182,8 +182,8 @@ def planned(regime: str, name: str) -> bool:
 
 def cost_rows(loaded: dict[str, dict[str, dict[int, dict]]]) -> list[dict]:
     """What one training run of each regime costs, from its test-split records (median over
-    runs: wall minutes with the threads it ran on, seconds per training step and per
-    evaluation) and what all of them took in CPU hours; a regime without records gets the
+    runs: wall minutes with the threads it ran on, seconds per training step, wall and CPU
+    with every thread counted, and per evaluation) and what all of them took in CPU hours; a regime without records gets the
     runner's estimate, marked as one."""
     from .profiles import make_config
     from .report import cpu_seconds, run_cost
@@ -199,13 +199,14 @@ def cost_rows(loaded: dict[str, dict[str, dict[int, dict]]]) -> list[dict]:
             threads = 2 if config.get("decoded_images") else 1  # how the runner runs it (chapter 6's benchmark)
             minutes = estimate_seconds(Job(regime, config, None, None), threads=threads) / 60
             rows.append({**row, "training records": 0, "minutes per run": f"about {minutes:.0f} (estimate, {threads} threads)",
-                         "s per step": "", "s per evaluation": "", "CPU hours, all records": ""})
+                         "s per step": "", "CPU s per step": "", "s per evaluation": "", "CPU hours, all records": ""})
             continue
         threads = sorted({r.get("environment", {}).get("cpu_threads") for by_seed in trained.values() for r in by_seed.values()} - {None})
         rows.append({**row, "training records": cost["runs"],
                      "minutes per run": f"{cost['wall_seconds']['median'] / 60:.0f} (median; {'/'.join(map(str, threads)) or '?'} "
                                         f"thread{'' if threads == [1] else 's'})",
                      "s per step": f"{cost['seconds_per_iteration']['median']:.2f}",
+                     "CPU s per step": f"{cost['cpu_seconds_per_iteration']['median']:.2f}" if cost["cpu_seconds_per_iteration"] else "not measured",
                      "s per evaluation": f"{cost['seconds_per_evaluation']['median']:.0f}",
                      "CPU hours, all records": f"{cpu_seconds(trained)['total'] / 3600:.1f}"})
     return rows

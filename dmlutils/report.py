@@ -239,8 +239,9 @@ def claim_status(sides: list[str | None], expected: str = "above") -> str:
 def run_cost(loaded: dict[str, dict[int, dict]]) -> dict | None:
     """What one training run costs, from the records' own timings (median over runs, with
     the range): wall time, CPU time (of the runs that measured it), training seconds per
-    iteration, seconds per evaluation and the evaluations per run, and the activation cache's
-    build time. None without a training record."""
+    iteration (wall, and CPU with every thread counted: comparable between runs made on one
+    thread and on two), seconds per evaluation and the evaluations per run, and the activation
+    cache's build time. None without a training record."""
     trained = [r for by_seed in loaded.values() for r in by_seed.values() if r.get("kind", "train") == "train" and r.get("evaluations")]
     if not trained:
         return None
@@ -251,12 +252,15 @@ def run_cost(loaded: dict[str, dict[int, dict]]) -> dict | None:
 
     caches = [float(r["cache_seconds"]) for r in trained if r.get("cache_seconds")]
     measured = [cpu for r in trained if (cpu := process_seconds(r)) is not None]
+    cpu_steps = [sum(e["train_cpu_seconds"] for e in r["evaluations"]) / r["config"]["iterations"]
+                 for r in trained if all(e.get("train_cpu_seconds") is not None for e in r["evaluations"])]
     return {
         "runs": len(trained),
         "wall_seconds": spread(float(r["wall_time_seconds"]) for r in trained),
         "cpu_seconds": spread(measured) if measured else None,  # the runs that measured their CPU time
         "cpu_measured": len(measured),
         "seconds_per_iteration": spread(sum(e["train_seconds"] for e in r["evaluations"]) / r["config"]["iterations"] for r in trained),
+        "cpu_seconds_per_iteration": spread(cpu_steps) if cpu_steps else None,  # the runs that measured it
         "seconds_per_evaluation": spread(statistics.fmean(e["eval_seconds"] for e in r["evaluations"]) for r in trained),
         "evaluations_per_run": spread(len(r["evaluations"]) for r in trained),
         "cache_seconds": spread(caches) if caches else None,
