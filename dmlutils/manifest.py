@@ -14,7 +14,7 @@ Seeds: three for the runs whose differences the book reads against the noise (th
 losses, the mining / weighting ablation, the embedding sizes 64 and 512, XBM), one for the
 sensitivity sweeps; a sweep value whose single seed differs from the default's mean by
 more than the default's seed standard deviation gets `ESCALATION_SEEDS` too (`escalate`).
-The whole-backbone profile (`cpu_full`, 40–50 minutes a run on two cores) runs MS and the mining /
+The whole-backbone profile (`cpu_full`, about 50 minutes a run on two threads, 90 for two side by side) runs MS and the mining /
 weighting grid with three seeds and triplet, contrastive and binomial deviance with one
 seed under the same rule (`one_seed_at`); its baseline is the cpu profile's
 (`dmlutils.regimes`).
@@ -75,7 +75,7 @@ RUNS: list[Run] = [
     # the same record.
     Run("baseline", None, group="main"),
     # MS first: a chapter that trains what is missing (Colab with a GPU) makes its record first.
-    # The whole-backbone regime (cpu_full, 40–50 min a run on two cores) re-tests MS against three of them:
+    # The whole-backbone regime (cpu_full, about 50 min a run on two threads) re-tests MS against three of them:
     # one seed each, and two more where the escalation rule asks.
     *[Run(loss, loss, {}, THREE_SEEDS, "main", profiles=PROFILES_OF.get(loss, _EVERYWHERE), one_seed_at=ONE_SEED_AT.get(loss, ()))
       for loss in [MS, *(name for name in LOSSES if name != MS)]],
