@@ -89,7 +89,7 @@ def main(argv=None) -> int:
 
     study_parser = commands.add_parser("study", help="choose losses' settings on held-out training classes, then train them (dmlutils.studies)")
     common(study_parser, one_record=False)
-    study_parser.add_argument("loss", nargs="*", help="losses with a study in dmlutils/studies.py (default: all of them)")
+    study_parser.add_argument("loss", nargs="*", help="losses with a study in dmlutils/studies.py (default: every one the manifest runs at --profile)")
     study_parser.add_argument("--processes", type=int, default=1, help="runs side by side, one thread each (default: 1)")
     study_parser.add_argument("--runs", default="runs", help="folder of checkpoints (default: runs/)")
     study_parser.add_argument("--quiet", action="store_true")
@@ -168,10 +168,10 @@ def main(argv=None) -> int:
             print("recipe: " + ", ".join(f"{k}={v}" for k, v in recipe.items()))
             return 0
         if args.command == "study":
-            from .studies import STUDIES, run_studies
+            from .studies import run_studies, studied_losses
 
             selections = run_studies(
-                args.loss or list(STUDIES), args.profile, args.results, args.runs, processes=args.processes, root=args.root,
+                args.loss or studied_losses(args.profile), args.profile, args.results, args.runs, processes=args.processes, root=args.root,
                 device=args.device, progress=not args.quiet, extra_overrides=parse_set_arguments(args.set),
             )
             for loss, selection in selections.items():

@@ -211,21 +211,32 @@ def seeds_wanted(entry: Run, profile: str, results) -> tuple[int, ...]:
     if not escalates(entry, profile):
         return declared
     first, reference = _escalation_evidence(entry, profile, results)
-    if first is None or any(r is None for r in reference):
-        return declared  # decided once the first seed and the default's seeds exist
-    values = [r["final"][CRITERION] for r in reference]
-    if abs(first["final"][CRITERION] - statistics.mean(values)) > statistics.stdev(values):
+    if outside_band(first, reference):
         return tuple(dict.fromkeys(declared + ESCALATION_SEEDS))
     return declared
+
+
+def outside_band(first: dict | None, reference: list[dict | None]) -> bool:
+    """The escalation rule: whether a one-seed record lies outside the reference runs'
+    mean ± seed standard deviation (False until the record and every reference exist)."""
+    if first is None or not reference or any(r is None for r in reference):
+        return False  # decided once the first seed and the default's seeds exist
+    values = [r["final"][CRITERION] for r in reference]
+    return abs(first["final"][CRITERION] - statistics.mean(values)) > statistics.stdev(values)
 
 
 def _escalation_evidence(entry: Run, profile: str, results) -> tuple[dict | None, list[dict | None]]:
     """What decides an escalation: the entry's first-seed record and the default's records."""
     first = valid_record(record_path(results, profile, entry.name, 0), config_of(entry, profile, 0), skip_damaged=True)
+    return first, reference_records(entry, profile, results)
+
+
+def reference_records(entry: Run, profile: str, results) -> list[dict | None]:
+    """The records an entry's one seed is placed against: its group default's, one per
+    declared seed (None where missing)."""
     default = run(default_of(entry.group))
-    reference = [valid_record(record_path(results, profile, default.name, s), config_of(default, profile, s), skip_damaged=True)
-                 for s in declared_seeds(default, profile)]
-    return first, reference
+    return [valid_record(record_path(results, profile, default.name, s), config_of(default, profile, s), skip_damaged=True)
+            for s in declared_seeds(default, profile)]
 
 
 def undecided_escalations(profile: str, results="results", only=None) -> list[Run]:

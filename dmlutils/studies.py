@@ -30,7 +30,7 @@ from .records import study_dir  # noqa: F401  (re-exported: the layout is the re
 
 # Classes held out per profile: of CUB's 100 training classes the last 20 (labels 80-99);
 # the smoke profile's synthetic split has 10 and batches of 8 classes.
-VALIDATION_CLASSES = {"smoke": 2, "cpu": 20, "paper": 20}
+VALIDATION_CLASSES = {"smoke": 2, "cpu": 20, "cpu_full": 20, "paper": 20}
 # Of the final model (no early stopping on validation either). MAP@R, as in the recipe
 # study: it ranks all of a class's images, so on 1,180 held-out images it separates
 # settings that Recall@1 (about 89 for the pretrained features alone) hardly can.
@@ -107,16 +107,31 @@ def study(loss: str) -> dict[str, dict]:
     return STUDIES[loss]
 
 
+def studied_losses(profile: str) -> list[str]:
+    """The losses with a study that the run manifest runs at `profile` (the whole-backbone
+    profile runs three of the nine losses, and of those only contrastive has a study)."""
+    from .manifest import run
+
+    return [loss for loss in STUDIES if profile in run(loss).profiles]
+
+
 def tuned_record_path(results, profile: str, loss: str, seed: int = 0) -> Path:
     return Path(results) / profile / "tuned" / loss / f"seed_{seed}.json"
 
 
-def tuned_seeds(loss: str, profile: str) -> tuple[int, ...]:
+def tuned_seeds(loss: str, profile: str, first: dict | None = None, results=None) -> tuple[int, ...]:
     """The seeds of a loss's own runs in the manifest at `profile`: the chosen setting gets
-    the same, so that chapter 6 compares the two settings seed by seed."""
-    from .manifest import declared_seeds, run
+    the same, so that chapter 6 compares the two settings seed by seed. Where the loss runs
+    one seed under the escalation rule (the whole-backbone profile), so does its choice:
+    `first`, the choice's seed-0 test record, adds `manifest.ESCALATION_SEEDS` when it lies
+    outside MS's mean ± seed std in `results`, as the loss's own first seed would."""
+    from .manifest import ESCALATION_SEEDS, declared_seeds, escalates, outside_band, reference_records, run
 
-    return declared_seeds(run(loss), profile)
+    entry = run(loss)
+    declared = declared_seeds(entry, profile)
+    if escalates(entry, profile) and results is not None and outside_band(first, reference_records(entry, profile, results)):
+        return tuple(dict.fromkeys(declared + ESCALATION_SEEDS))
+    return declared
 
 
 def study_complete(loaded: dict, loss: str) -> bool:
@@ -196,11 +211,19 @@ def choose(loss: str, profile: str = "cpu", results="results", runs="runs", root
         if records[name] is None:
             raise ValueError(f"the {loss} study has no finished run of {name!r} on validation classes ({path}): run_studies trains it")
     chosen, scores = select(records)
-    test_records, jobs = {}, []
-    for seed in seeds or tuned_seeds(loss, profile):
+
+    def test_run(seed):  # (config, record path): the loss's own record when it ran the choice
         config = make_config(profile, loss, {**settings[chosen], **(extra_overrides or {}), "seed": seed})
         own = record_path(results, profile, loss, seed)
-        path = own if valid_record(own, config, skip_damaged=True) else tuned_record_path(results, profile, loss, seed)
+        return config, own if valid_record(own, config, skip_damaged=True) else tuned_record_path(results, profile, loss, seed)
+
+    if not seeds:
+        first = valid_record(test_run(0)[1], test_run(0)[0], skip_damaged=True)
+        seeds = tuned_seeds(loss, profile, first, results)
+    test_records, jobs = {}, []
+    for seed in seeds:
+        config, path = test_run(seed)
+        own = record_path(results, profile, loss, seed)
         test_records[str(seed)] = str(path.relative_to(Path(results)))
         if path != own:
             jobs.append(Job(f"{loss} {chosen} seed {seed} (test)", config, path, Path(runs) / profile / "tuned" / loss / f"seed_{seed}", root=root))
@@ -222,12 +245,16 @@ def run_studies(losses, profile: str = "cpu", results="results", runs="runs", pr
                 progress=True, extra_overrides=None, seeds=None, echo=print) -> dict[str, dict]:
     """{loss: selection}: the studies' runs on validation classes (`processes` side by side),
     the choices, then the choices' runs on the test classes, one per seed of the loss's own
-    runs (`seeds` overrides). Valid records are reused; interrupted runs resume."""
+    runs (`seeds` overrides; else the escalation rule may add seeds once the first exists,
+    `tuned_seeds`). Valid records are reused; interrupted runs resume."""
     from .runner import run_jobs
 
     losses = list(losses)
     for loss in losses:
         study(loss)  # an unknown loss fails here, before anything runs
+        if loss not in studied_losses(profile):
+            raise ValueError(f"the run manifest does not run {loss!r} at the {profile} profile, so its study there would have no "
+                             f"own records to compare with; studies at {profile}: {', '.join(studied_losses(profile)) or 'none'}")
     echo(f"setting studies ({', '.join(losses)}): candidates on {VALIDATION_CLASSES[profile]} held-out training classes")
     run_jobs(validation_jobs(losses, profile, results, runs, root, extra_overrides), processes, progress, echo, is_done=_valid, device=device)
     selections, test_jobs = {}, []
@@ -235,7 +262,14 @@ def run_studies(losses, profile: str = "cpu", results="results", runs="runs", pr
         selections[loss], jobs = choose(loss, profile, results, runs, root, extra_overrides, seeds)
         test_jobs += jobs
     echo("the chosen settings on the test classes: " + ", ".join(f"{loss} {s['chosen']}" for loss, s in selections.items()))
-    run_jobs(test_jobs, processes, progress, echo, is_done=_valid, device=device)
+    seen = set()
+    while test_jobs:  # choosing again reads the new first seeds: the escalation rule may add seeds
+        run_jobs(test_jobs, processes, progress, echo, is_done=_valid, device=device)
+        seen |= {job.name for job in test_jobs}
+        test_jobs = []
+        for loss in losses:
+            selections[loss], jobs = choose(loss, profile, results, runs, root, extra_overrides, seeds)
+            test_jobs += [job for job in jobs if job.name not in seen and not _valid(job)]
     return selections
 
 

@@ -234,3 +234,48 @@ def test_study_has_no_single_record_option(capsys):
     with pytest.raises(SystemExit) as stopped:
         cli(["study", "--profile", "smoke", "--record", "r.json"])
     assert stopped.value.code == 2 and "unrecognized arguments: --record" in capsys.readouterr().err
+
+
+def _final(recall_at_1):
+    return {"final": {"recall@1": recall_at_1}}
+
+
+@pytest.mark.parametrize("first, seeds", [
+    (None, (0,)),  # undecided until the choice's first seed exists
+    (_final(0.606), (0,)),  # inside MS's mean ± seed std: level, one seed
+    (_final(0.45), (0, 1, 2)),  # outside it: two more seeds decide
+])
+def test_at_the_whole_backbone_profile_a_choice_runs_one_seed_and_the_escalation_rule(monkeypatch, first, seeds):
+    from dmlutils import manifest
+
+    ms = [_final(0.61), _final(0.60), _final(0.605)]  # mean 0.605, std 0.005
+    monkeypatch.setattr(manifest, "reference_records", lambda entry, profile, results: ms)
+    assert studies.tuned_seeds("contrastive", "cpu_full", first, "results") == seeds
+    assert manifest.declared_seeds(manifest.run("contrastive"), "cpu_full") == (0,)  # as the loss's own runs
+    assert studies.tuned_seeds("contrastive", "cpu", _final(0.45), "results") == (0, 1, 2)  # three seeds there, always
+
+
+def test_the_study_command_runs_at_a_profile_only_the_studies_of_losses_the_manifest_runs_there(tmp_path):
+    assert studies.studied_losses("cpu") == list(studies.STUDIES)
+    assert studies.studied_losses("cpu_full") == ["contrastive"]  # of triplet, contrastive and binomial deviance
+    with pytest.raises(ValueError, match="does not run 'npair' at the cpu_full profile.*studies at cpu_full: contrastive"):
+        studies.run_studies(["contrastive", "npair"], "cpu_full", tmp_path / "results", tmp_path / "runs", progress=False)
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_choice_whose_first_seed_escalates_gets_its_other_seeds_in_the_same_command(tmp_path, monkeypatch):
+    monkeypatch.setitem(studies.STUDIES, "npair", {"default": {}, "scale_10": {"loss.scale": 10.0}})
+    firsts = []
+
+    def escalating(loss, profile, first=None, results=None):  # the rule's answer, as at cpu_full: more seeds after the first
+        firsts.append(first is not None)
+        return (0, 1) if first is not None else (0,)
+
+    monkeypatch.setattr(studies, "tuned_seeds", escalating)
+    results, short = tmp_path / "results", {"iterations": "2", "eval_every": "2"}
+    selection = studies.run_study("npair", "smoke", results, tmp_path / "runs", progress=False, extra_overrides=short)
+    assert firsts[0] is False and firsts[-1] is True
+    assert set(selection["test_records"]) == {"0", "1"}
+    assert all((results / path).exists() for path in selection["test_records"].values())
+    stored = json.loads((results / "smoke" / "study" / "npair" / "selection.json").read_text())
+    assert stored["test_records"] == selection["test_records"]
