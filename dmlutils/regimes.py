@@ -9,6 +9,10 @@ with the n and p of the comparisons behind it:
     loaded = load_regimes("cpu", "results")          # {regime: {run: {seed: record}}}
     claims_rows(loaded, main_claims(), "recall@1")   # [{"claim": ..., "cpu": ..., "cpu_full": ...}]
 
+A loss whose setting a study chose on held-out training classes (chapter 6,
+`dmlutils.studies`) is judged once more with that setting: `with_chosen_settings` adds its
+test records under `chosen_name(loss)`, and `chosen_claims` compares MS with them.
+
 A comparison of runs with two or more common seeds is a paired t-test (`report.paired`);
 one with a single seed on one side is placed against the other's mean ± seed std, the
 band of the manifest's escalation rule (`report.sweep_side`). A claim holds, does not
@@ -36,6 +40,7 @@ SHARED_BASELINE = {"cpu_full": "cpu"}
 BASELINE_SETTINGS = ("data", "max_classes", "backbone", "pretrained", "weights_path", "image_size", "resize_size",
                      "transform", "pooling", "amp", "eval_ks")
 MS = "multi_similarity"
+CHOSEN = "chosen:"  # a run name's prefix: the loss with the setting its study chose on held-out classes
 
 
 def regimes(profile: str) -> tuple[str, ...]:
@@ -81,6 +86,36 @@ def load_regimes(profile: str, results="results") -> dict[str, dict[str, dict[in
     return loaded
 
 
+def chosen_name(loss: str) -> str:
+    return f"{CHOSEN}{loss}"
+
+
+def chosen_settings(regime: str, results="results") -> dict[str, tuple[str, dict[int, dict]]]:
+    """{loss: (its chosen setting as a reader writes it, {seed: the choice's test record})}
+    of every study at `regime` that has chosen and has test records (a choice of the
+    paper's setting reads its loss's own records)."""
+    from .records import load_study
+    from .studies import VALIDATION_CLASSES, candidate_text, study, studied_losses
+
+    if regime not in VALIDATION_CLASSES:
+        return {}
+    found = {}
+    for loss in studied_losses(regime):
+        loaded = load_study(regime, loss, results, candidates=study(loss))
+        if loaded["selection"] and loaded["tuned"]:
+            found[loss] = (candidate_text(loss, loaded["selection"]["chosen"]), loaded["tuned"])
+    return found
+
+
+def with_chosen_settings(loaded: dict[str, dict[str, dict[int, dict]]], results="results") -> dict[str, dict[str, dict[int, dict]]]:
+    """`loaded` (`load_regimes`) with each regime's chosen settings' test records added as
+    runs named `chosen_name(loss)`, for `chosen_claims`. Kept apart from `load_regimes`: a
+    choice of the paper's setting is the loss's own records, which a count of a regime's
+    runs must not see twice."""
+    return {regime: {**runs, **{chosen_name(loss): tuned for loss, (_, tuned) in chosen_settings(regime, results).items()}}
+            for regime, runs in loaded.items()}
+
+
 @dataclass(frozen=True)
 class Claim:
     """One of the paper's claims as comparisons: in each (favoured, other) pair the paper
@@ -97,6 +132,16 @@ def main_claims() -> list[Claim]:
     from .names import loss_name
 
     return [Claim(f"Multi-Similarity above {loss_name(loss)}", ((MS, loss),)) for loss in sorted(LOSSES) if loss != MS]
+
+
+def chosen_claims() -> list[Claim]:
+    """MS (its paper's setting) above each loss with a setting study, with the setting the
+    study chose on held-out classes (chapter 7)."""
+    from .names import loss_name
+    from .studies import STUDIES
+
+    return [Claim(f"Multi-Similarity above {loss_name(loss)}, its setting chosen on validation classes", ((MS, chosen_name(loss)),))
+            for loss in sorted(STUDIES)]
 
 
 def ablation_claims() -> list[Claim]:
@@ -173,9 +218,13 @@ def claims_rows(loaded: dict[str, dict[str, dict[int, dict]]], claims: list[Clai
 
 
 def planned(regime: str, name: str) -> bool:
-    """Whether the run manifest has run `name` at `regime` (the baseline: its own or a shared one)."""
+    """Whether the run manifest has run `name` at `regime` (the baseline: its own or a shared
+    one; a chosen setting: whether the loss has a study there)."""
     from . import manifest
+    from .studies import VALIDATION_CLASSES, studied_losses
 
+    if name.startswith(CHOSEN):
+        return regime in VALIDATION_CLASSES and name[len(CHOSEN):] in studied_losses(regime)
     entry = manifest.run(name)
     return regime in entry.profiles or (name == "baseline" and regime in SHARED_BASELINE)
 

@@ -98,3 +98,24 @@ def test_a_claim_of_several_comparisons_says_which_is_which():
     assert text.startswith("Multi-Similarity − weighting only (no mining) +5.7 (n=3, p")
     assert "; Multi-Similarity − mining only (no weighting) +0.0 (n=3, p" in text
     assert regimes.claim_verdict({}, regimes.ablation_claims()[2]) == ("unresolved", "not run")
+
+
+def test_a_setting_chosen_on_validation_classes_is_judged_as_its_own_claim_where_its_study_ran(tmp_path):
+    version = PROFILE_VERSIONS["cpu_full"]
+    tuned = {"profile": "cpu_full", "profile_version": version, "config": {}, "evaluations": [], "final": {"recall@1": 0.52}}
+    write_json(tmp_path / "cpu_full" / "tuned" / "contrastive" / "seed_0.json", tuned)
+    write_json(tmp_path / "cpu_full" / "study" / "contrastive" / "selection.json",
+               {"profile_version": version, "scores": {}, "chosen": "nonzero_mean",
+                "test_records": {"0": "cpu_full/tuned/contrastive/seed_0.json"}})
+    chosen = regimes.chosen_settings("cpu_full", tmp_path)
+    assert list(chosen) == ["contrastive"] and chosen["contrastive"][0] == "mean over non-zero pairs"
+    assert chosen["contrastive"][1][0]["final"]["recall@1"] == 0.52
+    loaded = regimes.with_chosen_settings({"cpu_full": {"multi_similarity": MS_RUNS}}, tmp_path)
+    assert set(loaded["cpu_full"]) == {"multi_similarity", "chosen:contrastive"}
+    rows = {row["claim"]: row[regimes.REGIME_TEXT["cpu_full"]]
+            for row in regimes.claims_rows(loaded, regimes.chosen_claims(), planned=regimes.planned)}
+    # one seed 10 points below MS's band: two more seeds decide, as for the loss's own runs
+    assert rows["Multi-Similarity above Contrastive, its setting chosen on validation classes"] == "unresolved: +10.0 (one seed: two more decide)"
+    assert rows["Multi-Similarity above N-pair, its setting chosen on validation classes"] == "not in this regime's plan"
+    assert regimes.planned("cpu", "chosen:npair") and not regimes.planned("cpu_full", "chosen:triplet")
+    assert regimes.chosen_settings("smoke", tmp_path) == {}  # no study made there
