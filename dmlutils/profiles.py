@@ -41,6 +41,10 @@ window of each cached activation map (evaluation sees the whole map; the convolu
 the global pooling accept either size, and a smaller map is a cheaper step);
 `feature_flip=true` mirrors half of the maps left-right.
 
+Training crops: `crop_min_area` is the smallest area of RandomResizedCrop's random crop, as
+a fraction of the resized image (0.16, the paper's code, in every profile). The copy's
+images are 160 px on their shorter side, so a small crop is also a blurred one.
+
 `decoded_images=true` (images path) decodes and resizes every image once into memory as
 uint8 and runs the random crop and flip on tensors at each step, in the main process: no
 JPEG decoding per step, and a resumed run repeats every random draw.
@@ -88,6 +92,7 @@ PROFILES: dict[str, dict] = {
         pretrained=False,
         image_size=32,
         resize_size=32,
+        crop_min_area=0.16,  # RandomResizedCrop: the smallest crop, as a fraction of the resized image
         transform=None,
         embedding_dim=512,  # as at cpu and paper: the manifest sweeps sizes around 512
         pooling="avg",
@@ -130,6 +135,7 @@ PROFILES: dict[str, dict] = {
         pretrained=True,
         image_size=224,
         resize_size=256,
+        crop_min_area=0.16,  # RandomResizedCrop: the smallest crop, as a fraction of the resized image
         transform="efficientnet_lite0",
         embedding_dim=512,
         pooling="max",
@@ -173,6 +179,7 @@ PROFILES: dict[str, dict] = {
         pretrained=True,
         image_size=227,
         resize_size=256,
+        crop_min_area=0.16,  # RandomResizedCrop: the smallest crop, as a fraction of the resized image
         transform="bninception",
         embedding_dim=512,
         pooling="max",
@@ -233,7 +240,8 @@ PROFILE_VERSIONS = {"smoke": 2, "cpu": 2, "cpu_full": 2, "paper": 1}
 # share one cache (its file name, and the cost tables that count each cache once, use
 # them). Here beside the settings, not in the cache module, so that the record readers'
 # cost table (`dmlutils.report.cpu_seconds`) imports nothing of the planning or the cache.
-CACHE_SETTINGS = ("data", "backbone", "pretrained", "image_size", "resize_size", "transform", "cache_views", "cache_from_block", "seed")
+CACHE_SETTINGS = ("data", "backbone", "pretrained", "image_size", "resize_size", "crop_min_area", "transform", "cache_views",
+                  "cache_from_block", "seed")
 
 
 def cache_settings(config: dict) -> tuple:
@@ -313,6 +321,8 @@ def make_config(profile: str, loss: str = "multi_similarity", overrides: dict | 
         raise ValueError("decoded_images trains on images; cache_views > 0 trains on cached activations: set one of them")
     if config["feature_crop"] and not config["cache_views"]:
         raise ValueError("feature_crop crops cached activation maps: it needs cache_views > 0")
+    if not 0 < config["crop_min_area"] <= 1:
+        raise ValueError(f"crop_min_area is a fraction of the image's area: it must lie in (0, 1], got {config['crop_min_area']}")
     if config["amp"] not in AMP_MODES:
         raise ValueError(f"unknown amp {config['amp']!r}; valid: {', '.join(AMP_MODES)}")
     if config["max_classes"] < 0 or config["max_classes"] == 1:

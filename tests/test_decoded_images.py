@@ -66,3 +66,17 @@ def test_a_decoded_images_run_interrupted_between_evaluations_resumes_exactly(sh
     assert [e["train_loss"] for e in resumed["evaluations"]] == [e["train_loss"] for e in reference["evaluations"]]
     assert resumed["final"] == reference["final"]
     assert len({tuple(np.round(x.flatten()[:50].numpy(), 4)) for x in seen}) == 3  # every step draws new crops
+
+
+def test_the_training_crop_takes_its_smallest_area_from_the_profile(shared_data_root):
+    from dmlutils.engine.build import dataset_split
+    from dmlutils.engine.sources import _base_dataset
+
+    for area in (0.16, 0.64):
+        train = _base_dataset(dataset_split(cub_full(crop_min_area=area), "train", True, shared_data_root))
+        crops = [t for t in train.transform.transforms if type(t).__name__ == "RandomResizedCrop"]
+        assert [c.scale for c in crops] == [(area, 1.0)]
+    test = _base_dataset(dataset_split(cub_full(crop_min_area=0.64), "test", False, shared_data_root))
+    assert not [t for t in test.transform.transforms if type(t).__name__ == "RandomResizedCrop"]  # the test view: a centre crop
+    with pytest.raises(ValueError, match="crop_min_area is a fraction of the image's area"):
+        cub_full(crop_min_area=0)

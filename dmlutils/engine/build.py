@@ -31,7 +31,7 @@ def dataset_split(config: dict, split: str, augment: bool, root=None):
 
     if config["data"] == "synthetic":  # generated tensors in [0, 1]: no decoding, no augmentation
         return _first_classes(config, get_dataset("synthetic", split=split, seed=config["seed"], image_size=config["image_size"]))
-    sizes = dict(resize=config["resize_size"], crop=config["image_size"])
+    sizes = dict(resize=config["resize_size"], crop=config["image_size"], scale=(config["crop_min_area"], 1.0))
     return _first_classes(
         config, get_dataset(config["data"], root=root, split=split, transform=get_transforms(config["transform"], train=augment, **sizes))
     )
