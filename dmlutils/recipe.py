@@ -396,7 +396,7 @@ def load_study(results="results", profile: str = PROFILE) -> dict:
     seeds = {seed: read(folder / "seeds" / f"seed_{seed}.json") for seed in study.seeds}
     complete = len(stages) == len(study.stages) and stages[-1]["chosen"] is not None
     return {"profile": study.profile, "stages": stages, "baselines": baselines, "seeds": {s: r for s, r in seeds.items() if r},
-            "recipe": recipe if complete else None}
+            "recipe": recipe if complete else None, "recipe_so_far": recipe}
 
 
 def findings(study: dict) -> list[str]:
@@ -438,12 +438,17 @@ def findings(study: dict) -> list[str]:
                      f"but {what} would take about {top[spec.cost_key]:.1f} {unit} against {picked[spec.cost_key]:.1f} {unit} "
                      f"(budget {spec.budget:g} {unit})")
         lines.append(line)
+    def runs(recipe):  # whether the profile holds a recipe (the evaluation cadence is the profile's own)
+        settings = profile_settings(make_config(profile, LOSS, recipe))
+        return all(settings[k] == PROFILES[profile][k] for k in {*spec.base, *recipe})
+
+    version = f"the `{profile}` profile (version {PROFILE_VERSIONS[profile]})"
     if study["recipe"] is None:
         pending = next((s["stage"] for s in study["stages"] if not s["chosen"]), None)
-        lines.append(f"The study is not finished: the stage *{pending}* has not chosen yet, and the `{profile}` profile "
-                     f"(version {PROFILE_VERSIONS[profile]}) still runs its first recipe.")
+        so_far = study.get("recipe_so_far")
+        lines.append(f"The study is not finished: the stage *{pending}* has not chosen yet, and {version} "
+                     + ("runs the choices of the stages before it." if decided and so_far and runs(so_far)
+                        else "still runs its first recipe." if not decided else "does not run the choices of the stages before it."))
     else:
-        settings = profile_settings(make_config(profile, LOSS, study["recipe"]))  # the evaluation cadence is the profile's own
-        agrees = all(settings[k] == PROFILES[profile][k] for k in spec.base)
-        lines.append(f"The `{profile}` profile (version {PROFILE_VERSIONS[profile]}) " + ("runs this recipe." if agrees else "does NOT run this recipe yet."))
+        lines.append(f"{version[0].upper()}{version[1:]} " + ("runs this recipe." if runs(study["recipe"]) else "does NOT run this recipe yet."))
     return lines

@@ -207,3 +207,18 @@ def test_the_cpu_full_study_writes_under_its_own_profile(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError):  # nothing ran (run_jobs is stubbed): no record to read
         recipe.run_recipe_study(tmp_path / "results", tmp_path / "runs", profile="cpu_full", echo=lambda *_: None)
     assert calls[0] == ["baseline 224 max"] and calls[1] == ["rates/kept", "rates/fast"]
+
+
+def test_an_open_stage_says_whether_the_profile_runs_the_choices_before_it():
+    def study(so_far):
+        return {"profile": "cpu_full", "seeds": {}, "baselines": {}, "recipe": None, "recipe_so_far": so_far, "stages": [
+            {"stage": "rates", "chosen": "5e-5", "rows": [_row("1e-4", 0.570), _row("5e-5", 0.571)]},
+            {"stage": "crop", "chosen": None, "rows": [_row("kept", 0.571)]},
+        ]}
+
+    from dmlutils.profiles import PROFILES, PROFILE_VERSIONS
+
+    chosen = {key: PROFILES["cpu_full"][key] for key in recipe.FULL_BASE}  # what the profile runs
+    version = PROFILE_VERSIONS["cpu_full"]
+    assert recipe.findings(study(chosen))[-1].endswith(f"the `cpu_full` profile (version {version}) runs the choices of the stages before it.")
+    assert recipe.findings(study(recipe.FULL_BASE))[-1].endswith("does not run the choices of the stages before it.")
