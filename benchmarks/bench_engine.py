@@ -21,8 +21,9 @@ cached activations, embed, test_metrics, activation_cache), one job per module:
    evenly spread subset of the real CUB images; the measured images/s gives the projected
    time for the full cache (5 views x 5,864 training + 5,924 test = 35,244 images). Skipped,
    with a note, when CUB is not found.
-4. whole-backbone steps (engine_backbone.py): today the online step quoted beside the
-   recipes; the place for the whole-backbone step benchmark.
+4. whole-backbone steps (engine_backbone.py): the online step quoted beside the recipes.
+   The cpu_full profile's step, fed by the engine's decoded-images source, with its
+   overhead ratio, GFLOP/s and bf16 comparison, has its own job: bench_whole_backbone.py.
 
 Also quoted, for comparison: the cache time and wall time stored in the cpu run records
 under results/cpu/ (made by `python -m dmlutils train`). Shared helpers: common.py

@@ -1,27 +1,15 @@
-"""Steps that fine-tune the whole EfficientNet-Lite0 (every block, no activation cache).
+"""The whole-backbone online step of bench_engine's recipe comparison.
 
-Today: `time_online_step`, the bare step (forward + loss + backward + Adam, the engine's
-`training_step`) of the MS loss on one fixed batch of 80 decoded images at 224 px, the
-paper's manner, in float32: what a flagship online run costs per step (quoted under the
-recipe comparison of bench_engine's report, key `recipes.online_whole_backbone`).
+`time_online_step`: the bare step (forward + loss + backward + Adam, the engine's
+`training_step`) of the MS loss on one fixed batch of 80 random "decoded" images at 224 px,
+float32: what an online run of the whole backbone costs per step, quoted under the recipe
+comparison of bench_engine's report (key `recipes.online_whole_backbone`), beside the
+cached steps it is compared with.
 
-The place for the whole-backbone step benchmark (not written yet: the engine's feeder of
-decoded images it needs does not exist yet). It plugs in here as
-`time_whole_backbone(steps, warmup, precisions=("off", "bf16"))`, for each precision:
-
-1. config, model: `profile_model("cpu", "multi_similarity", {**WHOLE_BACKBONE, "amp": precision})`
-   and `step_parts(model, config)`; `training_step` already runs the forward under the
-   engine's `autocast(config, device)` and the loss in float32, so bf16 needs no new code;
-2. bare: `time_calls(lambda: step(images, labels), steps, warmup)` on one decoded batch;
-3. engine: `time_loop(feeder.batches(sampler, 0, warmup + steps), step, warmup)` with the
-   engine's new feeder of decoded images (its gather and copies counted, as the cached
-   step's `time_loop` counts the activation source's), in the same process right after the bare step;
-4. the row: seconds per step (median) of each, GFLOP/s = `whole_backbone_gflop(...)` /
-   median, and the overhead ratio engine / bare; float32 vs bf16 as two rows.
-
-then `markdown_whole_backbone(rows)` beside `markdown_online` here, and in bench_engine.py
-one line in `run()` (report key `whole_backbone`), one in `markdown()`, and a test in
-tests/test_bench_suite.py that the ratio and GFLOP/s are computed from the row's own numbers.
+The cpu_full profile's own benchmark, which times that step fed by the engine's
+`DecodedImageSource` on real CUB images (the overhead ratio to the bare step, GFLOP/s,
+float32 against bf16, one run on two threads against two side by side, the allocator), is
+`bench_whole_backbone.py` (report: results/benchmarks/whole_backbone.md).
 """
 from __future__ import annotations
 
