@@ -250,12 +250,28 @@ def cost_rows(loaded: dict[str, dict[str, dict[int, dict]]]) -> list[dict]:
             rows.append({**row, "training records": 0, "minutes per run": f"about {minutes:.0f} (estimate, {threads} threads)",
                          "s per step": "", "CPU s per step": "", "s per evaluation": "", "CPU hours, all records": ""})
             continue
-        threads = sorted({r.get("environment", {}).get("cpu_threads") for by_seed in trained.values() for r in by_seed.values()} - {None})
-        rows.append({**row, "training records": cost["runs"],
-                     "minutes per run": f"{cost['wall_seconds']['median'] / 60:.0f} (median; {'/'.join(map(str, threads)) or '?'} "
-                                        f"thread{'' if threads == [1] else 's'})",
+        rows.append({**row, "training records": cost["runs"], "minutes per run": _minutes_by_threads(trained),
                      "s per step": f"{cost['seconds_per_iteration']['median']:.2f}",
                      "CPU s per step": f"{cost['cpu_seconds_per_iteration']['median']:.2f}" if cost["cpu_seconds_per_iteration"] else "not measured",
                      "s per evaluation": f"{cost['seconds_per_evaluation']['median']:.0f}",
                      "CPU hours, all records": f"{cpu_seconds(trained)['total'] / 3600:.1f}"})
     return rows
+
+
+def _minutes_by_threads(trained: dict[str, dict[int, dict]]) -> str:
+    """'51 on 2 threads (median of 1); 88 on 1 thread (median of 2)': a run's wall time
+    depends on the threads it had (and on a run beside it), so each count gets its own median."""
+    from .report import run_cost
+
+    def threads_of(record):
+        return record.get("environment", {}).get("cpu_threads")
+
+    counts = sorted({threads_of(r) for by_seed in trained.values() for r in by_seed.values()}, key=lambda t: (t is None, -(t or 0)))
+    parts = []
+    for count in counts:
+        subset = {name: {s: r for s, r in by_seed.items() if threads_of(r) == count} for name, by_seed in trained.items()}
+        cost = run_cost(subset)
+        if cost:
+            where = f"on {count} thread{'' if count == 1 else 's'}" if count else "threads not recorded"
+            parts.append(f"{cost['wall_seconds']['median'] / 60:.0f} {where} (median of {cost['runs']})")
+    return "; ".join(parts)

@@ -82,11 +82,14 @@ def test_the_cost_of_each_regime_comes_from_its_records_else_is_marked_an_estima
                       "multi_similarity": {0: timed(900.0, 1), 1: timed(1100.0, 1)}},
               "cpu_full": {}}
     cpu, full = regimes.cost_rows(loaded)
-    assert cpu["training records"] == 2 and cpu["minutes per run"] == "17 (median; 1 thread)"
+    assert cpu["training records"] == 2 and cpu["minutes per run"] == "17 on 1 thread (median of 2)"
     assert cpu["s per step"] == "2.00" and cpu["CPU s per step"] == "2.00" and cpu["s per evaluation"] == "30"
     # on two threads a step's wall time is the same and its CPU time twice as much: every thread counts
     two = regimes.cost_rows({"cpu": {"multi_similarity": {0: timed(900.0, 2)}}})[0]
-    assert two["s per step"] == "2.00" and two["CPU s per step"] == "4.00" and two["minutes per run"] == "15 (median; 2 threads)"
+    assert two["s per step"] == "2.00" and two["CPU s per step"] == "4.00" and two["minutes per run"] == "15 on 2 threads (median of 1)"
+    # runs on two threads and on one side by side: each count its own median, not one across both
+    mixed = regimes.cost_rows({"cpu_full": {"multi_similarity": {0: timed(3000.0, 2), 1: timed(5200.0, 1), 2: timed(5400.0, 1)}}})[0]
+    assert mixed["minutes per run"] == "50 on 2 threads (median of 1); 88 on 1 thread (median of 2)"
     assert cpu["CPU hours, all records"] == f"{2 * (4 * 200 + 5 * 30) / 3600:.1f}"
     assert full["training records"] == 0 and full["minutes per run"].endswith("(estimate, 2 threads)")
 
