@@ -39,6 +39,8 @@ import torch  # noqa: E402
 
 from bench_losses import build_loss, forward_backward_seconds, pk_embeddings  # noqa: E402
 from bench_metrics import clustered_sphere  # noqa: E402
+
+from dmlutils.names import loss_name as reader_name  # noqa: E402  ("Multi-Similarity", not the registry key)
 from dmlutils.losses import LOSSES  # noqa: E402
 from dmlutils.metrics import evaluate  # noqa: E402
 
@@ -165,7 +167,7 @@ def plot(report: dict, path: Path) -> None:
         pts = curve["points"]
         slope = "n/a" if curve["slope"] is None else f"{curve['slope']:.2f}"
         left.plot([p["size"] for p in pts], [p["seconds"] * 1e3 for p in pts], "o-", color=colour,
-                  label=f"{name} (B^{slope})")
+                  label=f"{reader_name(name)} (B^{slope})")
     curve = report["evaluation"]["evaluate"]
     pts = curve["points"]
     right.plot([p["size"] for p in pts], [p["seconds"] for p in pts], "o-", color="black",
@@ -210,7 +212,7 @@ def markdown(report: dict) -> str:
         by_size = {p["size"]: p for p in curve["points"]}
         cells = " | ".join(f"{by_size[b]['seconds'] * 1e3:.2f}" if b in by_size else "-" for b in batches)
         last = curve["points"][-1]
-        lines.append(f"| {name} | {cells} | {curve['slope']:.2f} ({curve['slope_all_points']:.2f}) "
+        lines.append(f"| {reader_name(name)} | {cells} | {curve['slope']:.2f} ({curve['slope_all_points']:.2f}) "
                      f"| {last['peak_rss_increase_mib']:.0f} |")
     curve = report["evaluation"]["evaluate"]
     lines += [

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch.utils import benchmark
 
+from dmlutils.names import loss_name as reader_name  # "Multi-Similarity", not the registry key
 from dmlutils.losses import LOSSES, MultiSimilarityLoss, get_loss
 from dmlutils.losses.reference import multi_similarity_loop
 
@@ -131,7 +132,7 @@ def markdown(report: dict) -> str:
             "skipped (memory)" if report["all_losses"][b][name] is None else f"{report['all_losses'][b][name] * 1e3:.2f}"
             for b in report["all_losses"]
         )
-        lines.append(f"| {name} | {cells} |")
+        lines.append(f"| {reader_name(name)} | {cells} |")
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ from engine_steps import FromBlock, median_step, profile_model, step_parts, trai
 import torch  # noqa: E402
 
 from dmlutils import distributed  # noqa: E402
+from dmlutils.names import loss_name as reader_name  # noqa: E402  ("Multi-Similarity", not the registry key)
 from dmlutils.engine import build_loss, parameter_groups  # noqa: E402
 from dmlutils.profiles import make_config  # noqa: E402
 from dmlutils.samplers import PKSampler  # noqa: E402
@@ -203,7 +204,7 @@ def markdown_training(report: dict) -> list[str]:
     ]
     for name, row in report["training"].items():
         lines.append(
-            f"| {name} | {row['steps']} | {row['seconds_per_step_median']:.3f} | {row['seconds_per_step_min']:.3f} "
+            f"| {reader_name(name)} | {row['steps']} | {row['seconds_per_step_median']:.3f} | {row['seconds_per_step_min']:.3f} "
             f"| {row['iterations_per_s']:.2f} | {row['projected_training_seconds'] / 60:.1f} |"
         )
     return lines

@@ -3,6 +3,7 @@
     python benchmarks/run_all.py                       # the full suite, 1 thread (~12 min)
     python benchmarks/run_all.py --only losses,growth  # some of them
     python benchmarks/run_all.py --small --out-dir /tmp/bench   # tiny sizes, a minute
+    python benchmarks/run_all.py --render-only         # re-write each <name>.md from its JSON, measuring nothing
 
 Benchmarks (each a script in benchmarks/, runnable on its own):
 
@@ -291,6 +292,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", type=Path, default=None,
                         help=f"where the reports go (default {DEFAULT_OUT_DIR.relative_to(REPO)})")
     parser.add_argument("--data-root", default=None, help="folder holding CUB_200_2011/ (default $DML_DATA, else ./data)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="measure nothing: re-write each report's markdown (and README.md) from its JSON, after a change to how reports are written")
     args = parser.parse_args(argv)
     try:
         names = parse_only(args.only)
@@ -299,6 +302,19 @@ def main(argv=None) -> int:
     if args.threads < 1:
         parser.error("--threads must be at least 1")
     out_dir = (args.out_dir or (SMALL_OUT_DIR if args.small else DEFAULT_OUT_DIR)).resolve()
+    if args.render_only:
+        for name in names:
+            report = out_dir / f"{name}.json"
+            if report.is_file():
+                wrapped = json.loads(report.read_text())
+                write_text_atomically(out_dir / f"{name}.md", report_markdown(BENCHMARKS[name], wrapped))
+                if name == "growth" and "report" in wrapped:  # its plot is made from the report too
+                    import bench_growth
+
+                    bench_growth.plot(wrapped["report"], out_dir / "growth.png")
+                print(f"{name}: rendered {out_dir / (name + '.md')} from its JSON", file=sys.stderr)
+        print(f"wrote {write_readme(out_dir)}", file=sys.stderr)
+        return 0
     suite_command = display_command([sys.executable, str(HERE / "run_all.py"), *(sys.argv[1:] if argv is None else argv)])
 
     from tqdm import tqdm

@@ -359,3 +359,14 @@ def test_the_whole_backbone_report_derives_its_ratio_and_rate_from_its_own_times
     kept = report["report"]["allocator"]  # CI runs on glibc
     assert kept["speedup"] == pytest.approx(kept["default"]["seconds_per_step"] / kept["kept"]["seconds_per_step"])
     assert "defaults" in kept["default"]["allocator"] and "kept" in kept["kept"]["allocator"]  # each process did as told
+
+
+def test_render_only_rewrites_a_reports_markdown_from_its_json_and_measures_nothing(tmp_path, monkeypatch):
+    shutil.copy(COMMITTED / "losses.json", tmp_path / "losses.json")
+    (tmp_path / "losses.md").write_text("stale\n")
+    monkeypatch.setattr(run_all, "run_benchmark", lambda *args, **kwargs: pytest.fail("--render-only ran a benchmark"))
+    assert run_all.main(["--render-only", "--only", "losses", "--out-dir", str(tmp_path)]) == 0
+    rendered = (tmp_path / "losses.md").read_text()
+    assert rendered == run_all.report_markdown(run_all.BENCHMARKS["losses"], json.loads((tmp_path / "losses.json").read_text()))
+    assert "| Multi-Similarity | " in rendered and "| multi_similarity |" not in rendered  # a reader's names, not registry keys
+    assert "stale" not in (tmp_path / "README.md").read_text()
