@@ -218,8 +218,8 @@ def choose(loss: str, profile: str = "cpu", results="results", runs="runs", root
         return config, own if valid_record(own, config, skip_damaged=True) else tuned_record_path(results, profile, loss, seed)
 
     if not seeds:
-        first = valid_record(test_run(0)[1], test_run(0)[0], skip_damaged=True)
-        seeds = tuned_seeds(loss, profile, first, results)
+        config, path = test_run(0)
+        seeds = tuned_seeds(loss, profile, valid_record(path, config, skip_damaged=True), results)
     test_records, jobs = {}, []
     for seed in seeds:
         config, path = test_run(seed)
