@@ -123,6 +123,18 @@ def test_resume_refuses_a_checkpoint_made_with_other_settings(tmp_path):
         engine.train(smoke(lr=0.5), tmp_path / "run", resume=True, progress=False, device="cpu")
 
 
+def test_resume_refuses_a_checkpoint_made_under_another_version_of_the_profile(tmp_path, monkeypatch):
+    # a setting a new version adds is missing from an older checkpoint's config, and filling it
+    # in with the new value would continue an old-version run as if it were of the new one
+    from dmlutils import profiles
+
+    engine.train(smoke(), tmp_path / "run", stop_after=10, progress=False, device="cpu")
+    made = profiles.PROFILE_VERSIONS["smoke"]
+    monkeypatch.setitem(profiles.PROFILE_VERSIONS, "smoke", made + 1)
+    with pytest.raises(ValueError, match=f"made under version {made} of the smoke profile.*at version {made + 1} now; delete that folder"):
+        engine.train(smoke(), tmp_path / "run", resume=True, progress=False, device="cpu")
+
+
 def test_resume_names_a_checkpoint_another_version_of_the_code_wrote(tmp_path):
     engine.train(smoke(), tmp_path / "run", stop_after=10, progress=False, device="cpu")
     checkpoint = tmp_path / "run" / "checkpoint.pt"

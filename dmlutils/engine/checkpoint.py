@@ -80,7 +80,14 @@ def resume(path: Path, config: dict, parts: dict, device, same_code: bool = Fals
     `parts`. Raises a ValueError naming the fix when the checkpoint cannot continue this run."""
     run_dir = path.parent
     state = torch.load(path, map_location=device, weights_only=False)
-    # settings added since the checkpoint was made count as their (neutral) defaults
+    made_under = state["record"].get("profile_version", 1)
+    if config["profile"] in PROFILE_VERSIONS and made_under != PROFILE_VERSIONS[config["profile"]]:
+        # another version's settings: the filling-in below would read them as this version's
+        raise ValueError(
+            f"the checkpoint in {run_dir} was made under version {made_under} of the {config['profile']} profile, and the "
+            f"profile is at version {PROFILE_VERSIONS[config['profile']]} now; delete that folder to start the run afresh"
+        )
+    # settings added since the checkpoint was made, within the version, count as their (neutral) defaults
     saved = {**PROFILES.get(config["profile"], {}), **state["record"]["config"]}
     if saved != config:
         changed = sorted(k for k in set(config) | set(saved) if config.get(k) != saved.get(k))
