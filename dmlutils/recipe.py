@@ -438,6 +438,7 @@ def findings(study: dict) -> list[str]:
                      f"but {what} would take about {top[spec.cost_key]:.1f} {unit} against {picked[spec.cost_key]:.1f} {unit} "
                      f"(budget {spec.budget:g} {unit})")
         lines.append(line)
+
     def runs(recipe):  # whether the profile holds a recipe (the evaluation cadence is the profile's own)
         settings = profile_settings(make_config(profile, LOSS, recipe))
         return all(settings[k] == PROFILES[profile][k] for k in {*spec.base, *recipe})
