@@ -252,24 +252,26 @@ def undecided_escalations(profile: str, results="results", only=None) -> list[Ru
 
 
 def escalation_note(profile: str, results="results", processes: int = 1, only=None,
-                    measured: tuple[float, int] | None = None) -> str | None:
+                    measured: dict[int, tuple[float, int]] | None = None) -> str | None:
     """A line for the plan: the runs that escalation may still add, with their time."""
-    from .runner import SIDE_BY_SIDE_SLOWDOWN, Job, estimate_seconds
+    from .runner import SIDE_BY_SIDE_SLOWDOWN, Job, estimate_seconds, job_threads
 
     undecided = undecided_escalations(profile, results, only)
     if not undecided:
         return None
     extra = len(ESCALATION_SEEDS) * len(undecided)
+    threads = job_threads(processes, together=True)
     slowdown = SIDE_BY_SIDE_SLOWDOWN if processes > 1 else 1.0
-    if measured:  # `measured_run_seconds`: the records' own wall times include the runs beside them
-        seconds = measured[0] * len(undecided) * len(ESCALATION_SEEDS)
+    timed = (measured or {}).get(threads)
+    if timed:  # `measured_run_seconds`: the records' own wall times include the runs beside them
+        seconds = timed[0] * extra
     else:
-        seconds = sum(estimate_seconds(Job(e.name, config_of(e, profile, 0), None, None, e.kind)) for e in undecided)
+        seconds = sum(estimate_seconds(Job(e.name, config_of(e, profile, 0), None, None, e.kind), threads) for e in undecided)
         seconds *= len(ESCALATION_SEEDS) * slowdown
     return (f"Escalation may add runs to the plan: {len(undecided)} one-seed runs ({', '.join(e.name for e in undecided)}) each add seeds "
             f"{', '.join(map(str, ESCALATION_SEEDS))} if their first seed differs from the default's mean by more than its seed "
-            f"std: up to {extra} more runs, about {seconds / 60:.0f} CPU-minutes, "
-            f"{seconds / 60 / max(1, processes):.0f} minutes of wall time more ({'from the records made before' if measured else 'estimate'}).")
+            f"std: up to {extra} more runs, about {seconds * threads / 60:.0f} CPU-minutes, "
+            f"{seconds / 60 / max(1, processes):.0f} minutes of wall time more ({'from the records made before' if timed else 'estimate'}).")
 
 
 def _selected(only) -> list[Run]:
@@ -314,13 +316,19 @@ def load(profile: str, results="results", skip_damaged: bool = False) -> dict[st
     return found
 
 
-def measured_run_seconds(profile: str, results="results") -> tuple[float, int] | None:
-    """(median wall seconds, count) of the manifest's valid training records at `profile`,
-    the plan's time per training run once there are three or more; else None (the plan
-    falls back to `runner.estimate_seconds`)."""
-    seconds = [float(r["wall_time_seconds"]) for by_seed in load(profile, results, skip_damaged=True).values() for r in by_seed.values()
-               if r.get("kind", "train") == "train" and "wall_time_seconds" in r]
-    return (statistics.median(seconds), len(seconds)) if len(seconds) >= 3 else None
+def measured_run_seconds(profile: str, results="results") -> dict[int, tuple[float, int]]:
+    """{threads: (median wall seconds, count)} of the manifest's valid training records at
+    `profile`, by the threads each trained on (`environment.cpu_threads`), for every thread
+    count with three or more records: the plan's time per training run on as many threads.
+    A thread count with fewer records is absent (the plan falls back to
+    `runner.estimate_seconds`)."""
+    by_threads: dict[int, list[float]] = {}
+    for by_seed in load(profile, results, skip_damaged=True).values():
+        for r in by_seed.values():
+            threads = r.get("environment", {}).get("cpu_threads")
+            if r.get("kind", "train") == "train" and "wall_time_seconds" in r and threads:
+                by_threads.setdefault(int(threads), []).append(float(r["wall_time_seconds"]))
+    return {t: (statistics.median(s), len(s)) for t, s in sorted(by_threads.items()) if len(s) >= 3}
 
 
 def run_manifest(profile: str, results="results", runs="runs", processes: int = 1, root=None, only=None, dry_run=False, echo=print,

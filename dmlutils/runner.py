@@ -149,31 +149,48 @@ def _rounds(count: int, processes: int) -> tuple[int, int]:
     return processes, (count - count % processes if processes > 1 else 0)
 
 
-def plan(jobs: list[Job], processes: int, is_done=None, measured: tuple[float, int] | None = None) -> str:
-    """What a batch will run and its time. `measured`: (median wall seconds, count) of the
-    training records already made at this profile, which replaces the first-guess estimate
-    of each training run (those records' times include whatever ran beside them)."""
+def job_threads(processes: int, together: bool) -> int:
+    """The threads one run trains on: a worker beside others takes one; a run alone in this
+    process takes torch's default (every core)."""
+    return 1 if together and processes > 1 else (os.cpu_count() or 1)
+
+
+def plan(jobs: list[Job], processes: int, is_done=None, measured: dict[int, tuple[float, int]] | None = None) -> str:
+    """What a batch will run and its time. `measured`: {threads: (median wall seconds,
+    count)} of the training records already made at this profile on that many threads,
+    which replaces the first-guess estimate of a training run on as many threads (those
+    records' times include whatever ran beside them: two runs side by side, one thread
+    each, take longer per run than one run on both threads)."""
     is_done = is_done or (lambda job: finished(job.record_path))
     todo = [job for job in jobs if not is_done(job)]
     processes, side_by_side = _rounds(len(todo), processes)
     lines = [f"{len(jobs)} runs, {len(jobs) - len(todo)} with a record already; {len(todo)} to run, {processes} at a time:"]
     total = wall = 0.0
+    timed_by = set()  # the thread counts whose records timed a run
     for index, job in enumerate(todo):
-        # Workers take one thread each; this process runs on torch's default threads (every core).
         together = index < side_by_side
-        threads, slowdown = (1, SIDE_BY_SIDE_SLOWDOWN) if together else (os.cpu_count() or 1, 1.0)
-        seconds = measured[0] if measured and job.kind == "train" else estimate_seconds(job, threads) * slowdown
-        total += seconds
+        threads = job_threads(processes, together)
+        slowdown = SIDE_BY_SIDE_SLOWDOWN if together else 1.0
+        if measured and job.kind == "train" and threads in measured:
+            seconds = measured[threads][0]
+            timed_by.add(threads)
+        else:
+            seconds = estimate_seconds(job, threads) * slowdown
+        total += seconds * threads
         wall += seconds / processes if together else seconds
         lines.append(f"  {job.name:<40} about {seconds / 60:5.1f} min" + (" (side by side)" if together else ""))
     if todo:
-        source = f"training runs at the median wall time of {measured[1]} records made before" if measured else "estimate"
+        if timed_by:
+            counts = " and ".join(f"{measured[t][1]} on {t} thread{'s' * (t > 1)}" for t in sorted(timed_by))
+            source = f"training runs at the median wall time of the records made before on as many threads: {counts}"
+        else:
+            source = "estimate"
         lines.append(f"about {total / 60:.0f} CPU-minutes, {wall / 60:.0f} minutes of wall time ({source})")
     return "\n".join(lines)
 
 
 def run_jobs(jobs: list[Job], processes: int = 1, progress: bool = True, echo=print, is_done=None, device: str | None = None,
-             measured: tuple[float, int] | None = None) -> dict[str, dict]:
+             measured: dict[int, tuple[float, int]] | None = None) -> dict[str, dict]:
     """Run every job that is not done (default: has no finished record); returns
     {name: final metrics} of those run. `device`: None is a GPU if there is one, in this
     process; worker processes (`processes` > 1) run on the CPU unless told otherwise."""

@@ -112,7 +112,7 @@ def test_the_runner_makes_missing_records_once(tmp_path):
     assert manifest.run_manifest("smoke", results, runs, only=["baseline"], dry_run=True, echo=lambda *_: None) == 0
 
 
-def test_the_plan_counts_the_slowdown_of_runs_side_by_side(tmp_path):
+def test_the_plan_counts_the_slowdown_of_runs_side_by_side(tmp_path, monkeypatch):
     import re
 
     from dmlutils.runner import SIDE_BY_SIDE_SLOWDOWN, Job, estimate_seconds, plan
@@ -123,8 +123,9 @@ def test_the_plan_counts_the_slowdown_of_runs_side_by_side(tmp_path):
     def cpu_minutes(text):
         return float(re.search(r"about (\d+) CPU-minutes", text).group(1))
 
-    assert cpu_minutes(plan(jobs, 1)) == round(alone)
-    assert cpu_minutes(plan(jobs, 2)) == round(alone * SIDE_BY_SIDE_SLOWDOWN)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert cpu_minutes(plan(jobs, 1)) == round(2 * alone)  # one after another, each on both threads
+    assert cpu_minutes(plan(jobs, 2)) == round(alone * SIDE_BY_SIDE_SLOWDOWN)  # side by side, one thread each
 
 
 def test_the_cpu_baseline_is_the_same_record_at_every_seed(shared_data_root):
@@ -160,23 +161,32 @@ def test_the_plan_names_the_runs_escalation_may_still_add(tmp_path):
     assert said[-1] == note
 
 
-def test_the_plan_times_training_runs_by_the_records_already_made(tmp_path):
+def test_the_plan_times_training_runs_by_the_records_already_made_on_as_many_threads(tmp_path, monkeypatch):
     import re
+
+    import torch
 
     from dmlutils.runner import Job, plan
 
     results = tmp_path / "results"
-    assert manifest.measured_run_seconds("smoke", results) is None  # no record: the first guess
+    assert manifest.measured_run_seconds("smoke", results) == {}  # no record: the first guess
     made = manifest.run_manifest("smoke", results, tmp_path / "runs", processes=1, only=["multi_similarity", "ms_dim_128"],
                                  echo=lambda *_: None, progress=False)
-    assert made == 3  # MS at two seeds, ms_dim_128 at one
+    assert made == 3  # MS at two seeds, ms_dim_128 at one, in this process on its threads
     walls = sorted(r["wall_time_seconds"] for by_seed in manifest.load("smoke", results).values() for r in by_seed.values())
-    median, count = manifest.measured_run_seconds("smoke", results)
-    assert count == 3 and median == walls[1]
+    assert manifest.measured_run_seconds("smoke", results) == {torch.get_num_threads(): (walls[1], 3)}
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
     jobs = [Job(f"ms seed {s}", manifest.config_of(manifest.run("multi_similarity"), "cpu", s), tmp_path / f"{s}.json", tmp_path) for s in (5, 6)]
-    text = plan(jobs, 2, measured=(600.0, 7))
-    assert re.search(r"ms seed 5 +about +10\.0 min", text)
-    assert "about 20 CPU-minutes, 10 minutes of wall time (training runs at the median wall time of 7 records made before)" in text
+    measured = {1: (600.0, 7), 2: (240.0, 4)}
+    text = plan(jobs, 2, measured=measured)  # side by side, one thread each: the one-thread records
+    assert re.search(r"ms seed 5 +about +10\.0 min \(side by side\)", text)
+    assert ("about 20 CPU-minutes, 10 minutes of wall time (training runs at the median wall time of the records made before "
+            "on as many threads: 7 on 1 thread)") in text
+    text = plan(jobs, 1, measured=measured)  # one after another on both threads: the two-thread records
+    assert re.search(r"ms seed 5 +about +4\.0 min\n", text)
+    assert "about 16 CPU-minutes, 8 minutes of wall time (training runs at the median wall time of the records made before on as many threads: 4 on 2 threads)" in text
+    assert plan(jobs, 1, measured={1: (600.0, 7)}).endswith("(estimate)")  # no two-thread record: not the one-thread time
 
 
 def test_the_whole_backbone_regime_runs_ms_the_grid_and_three_losses_one_seed_each_escalated(tmp_path):
