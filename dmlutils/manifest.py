@@ -318,14 +318,16 @@ def load(profile: str, results="results", skip_damaged: bool = False) -> dict[st
 
 def measured_run_seconds(profile: str, results="results") -> dict[int, tuple[float, int]]:
     """{threads: (median wall seconds, count)} of the manifest's valid training records at
-    `profile`, by the threads each trained on (`environment.cpu_threads`), for every thread
-    count with three or more records: the plan's time per training run on as many threads.
-    A thread count with fewer records is absent (the plan falls back to
+    `profile`, by the threads each trained on (`records.threads_of`), for every thread count
+    with three or more records: the plan's time per training run on as many threads. A
+    thread count with fewer records is absent (the plan falls back to
     `runner.estimate_seconds`)."""
+    from .records import threads_of
+
     by_threads: dict[int, list[float]] = {}
     for by_seed in load(profile, results, skip_damaged=True).values():
         for r in by_seed.values():
-            threads = r.get("environment", {}).get("cpu_threads")
+            threads = threads_of(r)
             if r.get("kind", "train") == "train" and "wall_time_seconds" in r and threads:
                 by_threads.setdefault(int(threads), []).append(float(r["wall_time_seconds"]))
     return {t: (statistics.median(s), len(s)) for t, s in sorted(by_threads.items()) if len(s) >= 3}

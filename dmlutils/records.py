@@ -213,6 +213,12 @@ def learning_curve(record: dict, metric: str = "recall@1") -> tuple[list[int], l
     return [e["iteration"] for e in evaluations], [e["metrics"][metric] for e in evaluations]
 
 
+def threads_of(record: dict) -> int | None:
+    """The CPU threads a run trained on (None where the record does not say): a run's wall
+    time depends on them, so the plan's and the cost tables' medians are taken per count."""
+    return record.get("environment", {}).get("cpu_threads")
+
+
 def provenance(record: dict) -> str:
     """One line saying where a record's numbers come from."""
     git = record.get("git", {})

@@ -261,10 +261,8 @@ def cost_rows(loaded: dict[str, dict[str, dict[int, dict]]]) -> list[dict]:
 def _minutes_by_threads(trained: dict[str, dict[int, dict]]) -> str:
     """'51 on 2 threads (median of 1); 88 on 1 thread (median of 2)': a run's wall time
     depends on the threads it had (and on a run beside it), so each count gets its own median."""
+    from .records import threads_of
     from .report import run_cost
-
-    def threads_of(record):
-        return record.get("environment", {}).get("cpu_threads")
 
     counts = sorted({threads_of(r) for by_seed in trained.values() for r in by_seed.values()}, key=lambda t: (t is None, -(t or 0)))
     parts = []
